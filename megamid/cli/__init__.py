@@ -1,0 +1,51 @@
+"""megamid COMMAND ...   (the console entry point; `megamid --help` lists commands)
+
+Each command is a module megamid.cli.<name> with `add_arguments(parser)` and `run(args) -> int`.
+Modules are imported only when their command runs, so `megamid --help` stays fast.
+"""
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "train": "run or resume a recipe (torchrun for several processes)",
+    "plan": "validate a recipe and print its phase table without training",
+    "data": "prepare indexed datasets, train tokenizers, build the demo corpus",
+    "eval": "long-context evaluation of a checkpoint",
+}
+
+
+class CommandError(Exception):
+    """Bad user input: printed as one line and the command exits with status 2."""
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(prog="megamid", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        if argv and argv[0] not in ("-h", "--help"):
+            parser.print_usage(sys.stderr)
+            print(f"megamid: unknown command {argv[0]!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
+            return 2
+        parser.print_help()
+        return 0
+    name = argv[0]
+    module = importlib.import_module(f"megamid.cli.{name}")
+    cmd_parser = argparse.ArgumentParser(prog=f"megamid {name}", description=COMMANDS[name])
+    module.add_arguments(cmd_parser)
+    args = cmd_parser.parse_args(argv[1:])
+    from megamid.config import ConfigError  # local: keep `megamid --help` free of heavy imports
+
+    try:
+        return int(module.run(args) or 0)
+    except (ConfigError, CommandError, FileNotFoundError) as exc:
+        print(f"megamid {name}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Token data: tokenizers, indexed datasets, mixtures, packing."""
