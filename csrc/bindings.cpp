@@ -5,6 +5,7 @@
 
 #include <stdexcept>
 
+#include "data/mixture_index.h"
 #include "packing/doc_positions.h"
 
 namespace py = pybind11;
@@ -25,8 +26,32 @@ static py::tuple doc_positions(I64Array tokens, int64_t eod) {
   return py::make_tuple(positions, cu[py::slice(0, n + 1, 1)]);
 }
 
+using F64Array = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+static py::tuple mixture_index(I64Array knot_samples, F64Array knot_shares, int64_t num_samples) {
+  if (knot_samples.ndim() != 1 || knot_shares.ndim() != 2 || knot_shares.shape(0) != knot_samples.shape(0))
+    throw std::invalid_argument("knot_samples must be [knots], knot_shares [knots, sources]");
+  if (num_samples < 0) throw std::invalid_argument("num_samples must be >= 0");
+  const int64_t knots = knot_samples.shape(0), sources = knot_shares.shape(1);
+  py::array_t<int16_t> source_index(num_samples);
+  py::array_t<int64_t> source_sample_index(num_samples);
+  py::array_t<int64_t> counts(sources);
+  int64_t rc;
+  {
+    py::gil_scoped_release release;
+    rc = megamid_mixture_index(knot_samples.data(), knot_shares.data(), knots, sources, num_samples,
+                               source_index.mutable_data(), source_sample_index.mutable_data(),
+                               counts.mutable_data());
+  }
+  if (rc != 0) throw std::invalid_argument("knots must ascend from 0; sources must be 1..32767");
+  return py::make_tuple(source_index, source_sample_index, counts);
+}
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "megamid CPU helpers";
   m.def("doc_positions", &doc_positions, py::arg("tokens"), py::arg("eod"),
         "Positions restarting after each EOD and cu_seqlens of the documents in packed rows.");
+  m.def("mixture_index", &mixture_index, py::arg("knot_samples"), py::arg("knot_shares"),
+        py::arg("num_samples"),
+        "(source_index int16, source_sample_index int64, counts) of a piecewise-linear blend.");
 }

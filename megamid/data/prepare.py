@@ -1,0 +1,182 @@
+"""Text, JSONL and .jsonl.gz files -> one Megatron indexed dataset (PREFIX.bin, PREFIX.idx) + stats.
+
+Run through the CLI: `megamid data prepare --input a.jsonl b.txt --tokenizer byte --output corpus/x`.
+
+- A .jsonl / .jsonl.gz line is one document (`text_key` field); any other file (optionally .gz) is
+  one document as a whole.
+- Optional quality filter: keep JSONL documents whose `quality_key` field is >= `min_quality`.
+- Exact deduplication by a 128-bit BLAKE2 hash of the text, across all inputs (first copy kept).
+- Tokenisation runs in worker processes over chunks of documents; results come back in order, so
+  the output is byte-identical for any number of workers. Every document gets EOD appended and is
+  written as one sequence with megatron-core's IndexedDatasetBuilder.
+- PREFIX.stats.json: per input file and in total documents, tokens, dropped (empty / quality /
+  duplicate), a power-of-two token-length histogram, and max_token_id (the dataset's vocab check).
+"""
+
+import gzip
+import hashlib
+import json
+import multiprocessing
+import os
+
+import numpy as np
+
+from megamid.data import DataError
+from megamid.data.tokenizer_files import load_tokenizer
+from megamid.data.token_stream import stats_path
+
+CHUNK_DOCS = 256  # documents per worker task: large enough to amortise pickling, small for balance
+
+
+def _open_text(path: str):
+    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
+
+
+def iter_documents(path: str, text_key: str = "text", quality_key=None, min_quality=None):
+    """Yield (text or None, reason) per document of one file; reason is None for a kept document."""
+    if not os.path.isfile(path):
+        raise DataError(f"input {path!r} not found; valid inputs: existing text, .jsonl or .jsonl.gz files")
+    name = path[:-3] if path.endswith(".gz") else path
+    if not name.endswith(".jsonl"):
+        with _open_text(path) as f:
+            yield f.read(), None
+        return
+    with _open_text(path) as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"input {path!r} line {line_no}: not valid JSON ({exc}); "
+                                "expected one JSON object per line") from exc
+            text = record.get(text_key) if isinstance(record, dict) else None
+            if not isinstance(text, str):
+                raise DataError(f"input {path!r} line {line_no}: no string field {text_key!r}; "
+                                f"fields present: {sorted(record) if isinstance(record, dict) else type(record).__name__}")
+            if quality_key is not None:
+                score = record.get(quality_key)
+                if not isinstance(score, (int, float)) or isinstance(score, bool) or score < min_quality:
+                    yield None, "quality"
+                    continue
+            yield text, None
+
+
+def length_bin(n_tokens: int) -> str:
+    """Power-of-two bucket label: '<=64', '<=128', ..."""
+    return f"<={max(64, 1 << max(int(n_tokens) - 1, 0).bit_length())}"
+
+
+_worker_tokenizer = None  # one tokenizer per worker process, set by the pool initializer
+
+
+def _init_worker(spec: str) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = load_tokenizer(spec)
+
+
+def _tokenize_chunk(texts):
+    return [np.asarray(_worker_tokenizer.encode(t), dtype=np.int64) for t in texts]
+
+
+def _chunks(inputs, text_key, quality_key, min_quality, stats, seen):
+    """Kept documents as (input index, text) chunks; updates drop counters in `stats` on the way."""
+    chunk = []
+    for k, path in enumerate(inputs):
+        for text, reason in iter_documents(path, text_key, quality_key, min_quality):
+            if reason is None and not text.strip():
+                reason = "empty"
+            if reason is None:
+                digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+                reason = "duplicate" if digest in seen else None
+                seen.add(digest)
+            if reason is not None:
+                stats[k]["dropped"][reason] = stats[k]["dropped"].get(reason, 0) + 1
+                continue
+            chunk.append((k, text))
+            if len(chunk) == CHUNK_DOCS:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
+
+
+def prepare(inputs, tokenizer: str, output_prefix: str, workers: int = 1, text_key: str = "text",
+            quality_key=None, min_quality=None, dedup: bool = True) -> dict:
+    """Tokenize `inputs` into output_prefix.bin/.idx; returns (and writes) the stats dict."""
+    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder  # heavy: lazy
+
+    if not inputs:
+        raise DataError("prepare: no --input files given; valid: text, .jsonl or .jsonl.gz files")
+    for path in inputs:
+        if not os.path.isfile(path):
+            raise DataError(f"input {path!r} not found; valid inputs: existing text, .jsonl or .jsonl.gz files")
+    if quality_key is not None and min_quality is None:
+        raise DataError(f"quality_key={quality_key!r} needs min_quality (keep documents scoring >= it)")
+    tok = load_tokenizer(tokenizer)
+    os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
+    dtype = DType.optimal_dtype(tok.vocab_size)
+    builder = IndexedDatasetBuilder(output_prefix + ".bin", dtype=dtype)
+    stats = [{"documents": 0, "tokens": 0, "dropped": {}, "length_histogram": {}, "max_token_id": -1}
+             for _ in inputs]
+    seen = set() if dedup else _NeverSeen()
+    chunks = _chunks(list(inputs), text_key, quality_key, min_quality, stats, seen)
+
+    def write(chunk, token_lists):
+        for (k, _), ids in zip(chunk, token_lists):
+            doc = np.append(ids, tok.eod)
+            builder.add_document(doc, [len(doc)])
+            s = stats[k]
+            s["documents"] += 1
+            s["tokens"] += len(doc)
+            s["max_token_id"] = max(s["max_token_id"], int(doc.max()))
+            label = length_bin(len(doc))
+            s["length_histogram"][label] = s["length_histogram"].get(label, 0) + 1
+
+    if workers <= 1:
+        for chunk in chunks:
+            write(chunk, [np.asarray(tok.encode(t), dtype=np.int64) for _, t in chunk])
+    else:
+        with multiprocessing.get_context("fork").Pool(workers, _init_worker, (tokenizer,)) as pool:
+            pending = []  # keep the chunk beside its result: imap preserves order
+            feed = ([t for _, t in c] for c in _remember(chunks, pending))
+            for token_lists in pool.imap(_tokenize_chunk, feed):
+                write(pending.pop(0), token_lists)
+    builder.finalize(output_prefix + ".idx")
+    return _write_stats(inputs, tok, tokenizer, output_prefix, stats, str(np.dtype(dtype)))
+
+
+class _NeverSeen(set):
+    """dedup=False: a set that forgets, so no document counts as a duplicate."""
+
+    def add(self, item):
+        pass
+
+
+def _remember(chunks, pending):
+    for chunk in chunks:
+        pending.append(chunk)
+        yield chunk
+
+
+def _write_stats(inputs, tok, tokenizer, output_prefix, stats, dtype) -> dict:
+    total = {"documents": 0, "tokens": 0, "dropped": {}, "length_histogram": {}, "max_token_id": -1}
+    for s in stats:
+        total["documents"] += s["documents"]
+        total["tokens"] += s["tokens"]
+        total["max_token_id"] = max(total["max_token_id"], s["max_token_id"])
+        for key in ("dropped", "length_histogram"):
+            for label, n in s[key].items():
+                total[key][label] = total[key].get(label, 0) + n
+    order = lambda h: dict(sorted(h.items(), key=lambda kv: int(kv[0][2:])))  # noqa: E731 (bins by size)
+    for s in stats + [total]:
+        s["length_histogram"] = order(s["length_histogram"])
+    if total["documents"] == 0:
+        raise DataError(f"prepare {output_prefix!r}: no documents left from {list(inputs)} "
+                        f"(dropped: {total['dropped']}); a source needs at least one non-empty document")
+    out = {"output": output_prefix, "dtype": dtype,
+           "tokenizer": {"spec": tokenizer, "vocab_size": tok.vocab_size, "eod": tok.eod, "pad": tok.pad},
+           "inputs": dict(zip(inputs, stats)), "total": total}
+    with open(stats_path(output_prefix), "w") as f:
+        json.dump(out, f, indent=1)
+    return out

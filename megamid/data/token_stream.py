@@ -1,0 +1,118 @@
+"""One source as an endless token stream: its documents in a seeded permutation, epoch after epoch.
+
+A position in the stream is a token offset. Epoch e is the permutation drawn from
+(seed, crc32(name), e) of the source's documents, with documents of at least the long threshold
+repeated `upsample_long` times (a fractional part is a per-document coin flip drawn once from
+(seed, name), so every epoch has the same length). The same (name, prefix, seed) gives the same
+stream in every phase, which is what makes consumed token offsets carry over between phases
+without repeating or skipping a token; samples repeat only after a whole epoch has been consumed.
+
+Files are read through megatron-core's IndexedDataset; a sequence of the .idx is one document
+(`megamid data prepare` writes one per document, each ending with EOD).
+"""
+
+import json
+import os
+import zlib
+from collections import OrderedDict
+
+import numpy as np
+
+from megamid.data import DataError
+
+EPOCH_CACHE = 4  # epochs whose permutation is kept; readers move forward, so a few suffice
+
+
+def stats_path(prefix: str) -> str:
+    return prefix + ".stats.json"
+
+
+class TokenStream:
+    """Read windows of a source's token stream: `read(offset_tokens, length)`."""
+
+    def __init__(self, name: str, prefix: str, seed: int, vocab_size: int, upsample_long: float = 1.0,
+                 long_threshold_tokens=None):
+        self.name, self.prefix, self.seed = name, prefix, int(seed)
+        self.dataset = self._open()
+        self.lengths = np.asarray(self.dataset.index.sequence_lengths, dtype=np.int64)
+        if len(self.lengths) == 0 or self.lengths.sum() == 0:
+            raise DataError(f"source {name!r}: {prefix} holds no tokens ({len(self.lengths)} documents); "
+                            "a source needs at least one non-empty document, or weight 0 and removal")
+        self._check_vocab(vocab_size)
+        self.copies = self._copies(upsample_long, long_threshold_tokens)
+        self.epoch_tokens = int((self.lengths * self.copies).sum())
+        self._epochs = OrderedDict()
+
+    def _open(self):
+        for path in (self.prefix + ".idx", self.prefix + ".bin"):
+            if not os.path.isfile(path):
+                raise DataError(f"source {self.name!r}: {path} not found; a source prefix needs PREFIX.bin and "
+                                "PREFIX.idx as written by `megamid data prepare`")
+        from megatron.core.datasets.indexed_dataset import IndexedDataset  # heavy import: only when reading
+
+        try:
+            dataset = IndexedDataset(self.prefix, mmap=True)
+        except Exception as exc:  # megatron raises asserts / numpy buffer errors on broken files
+            raise DataError(f"source {self.name!r}: cannot read {self.prefix}.idx ({type(exc).__name__}: {exc}); "
+                            "the index is truncated or not a Megatron indexed dataset, rebuild it with "
+                            "`megamid data prepare`") from exc
+        index = dataset.index
+        if len(index) and index.sequence_pointers[-1] < 0:
+            raise DataError(f"source {self.name!r}: {self.prefix}.idx has negative pointers; rebuild it")
+        need = int(index.sequence_pointers[-1]) + int(index.sequence_lengths[-1]) * index.dtype_size \
+            if len(index) else 0
+        have = os.path.getsize(self.prefix + ".bin")
+        if have < need:
+            raise DataError(f"source {self.name!r}: {self.prefix}.bin has {have} bytes but its index needs "
+                            f"{need}; the .bin is truncated, rebuild it with `megamid data prepare`")
+        return dataset
+
+    def _check_vocab(self, vocab_size: int) -> None:
+        """Token ids must be < the model's vocab: from the prepare stats when present, else one scan."""
+        max_id = None
+        if os.path.isfile(stats_path(self.prefix)):
+            with open(stats_path(self.prefix)) as f:
+                max_id = json.load(f).get("total", {}).get("max_token_id")
+        if max_id is None:
+            data = np.memmap(self.prefix + ".bin", dtype=self.dataset.index.dtype, mode="r")
+            max_id = max((int(data[i:i + (1 << 24)].max()) for i in range(0, len(data), 1 << 24)), default=0)
+        if max_id >= vocab_size:
+            raise DataError(f"source {self.name!r}: token id {max_id} in {self.prefix}.bin is beyond the model's "
+                            f"vocab (valid ids: 0..{vocab_size - 1}); prepare it with the model's tokenizer")
+
+    def _copies(self, factor: float, threshold) -> np.ndarray:
+        copies = np.ones(len(self.lengths), dtype=np.int64)
+        if threshold is None or factor == 1.0:
+            return copies
+        long = self.lengths >= threshold
+        whole, frac = int(factor), factor - int(factor)
+        rng = np.random.default_rng([self.seed, zlib.crc32(self.name.encode()), 0xC0FFEE])
+        extra = rng.random(len(self.lengths)) < frac
+        copies[long] = whole + extra[long]
+        return copies
+
+    def epoch(self, e: int):
+        """(document order, cumulative token offsets [docs + 1]) of epoch e."""
+        if e not in self._epochs:
+            rng = np.random.default_rng([self.seed, zlib.crc32(self.name.encode()), e])
+            order = rng.permutation(np.repeat(np.arange(len(self.lengths)), self.copies))
+            cum = np.zeros(len(order) + 1, dtype=np.int64)
+            np.cumsum(self.lengths[order], out=cum[1:])
+            self._epochs[e] = (order, cum)
+            if len(self._epochs) > EPOCH_CACHE:
+                self._epochs.popitem(last=False)
+        return self._epochs[e]
+
+    def read(self, offset: int, length: int) -> np.ndarray:
+        """`length` tokens (int64) from stream offset `offset`, crossing documents and epochs."""
+        out = np.empty(length, dtype=np.int64)
+        filled = 0
+        while filled < length:
+            e, pos = divmod(offset + filled, self.epoch_tokens)
+            order, cum = self.epoch(e)
+            d = int(np.searchsorted(cum, pos, side="right")) - 1
+            within = pos - int(cum[d])
+            take = min(length - filled, int(cum[d + 1]) - pos)
+            out[filled:filled + take] = self.dataset.get(int(order[d]), offset=within, length=take)
+            filled += take
+        return out
