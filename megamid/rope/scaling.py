@@ -156,6 +156,11 @@ class RopeScaling:
             fail(f"rope.{unknown[0]}", d[unknown[0]],
                  f"not a key of rope type {target.type!r}; valid: type, rotary_dim, "
                  + ", ".join(sorted(target.dict_keys.get(n, n) for n in names)))
+        missing = [f.name for f in dataclasses.fields(target) if f.name not in d
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            fail(f"rope.{target.dict_keys.get(missing[0], missing[0])}", None,
+                 f"missing; rope type {target.type!r} needs {', '.join(missing)}")
         return target(**d)
 
     def to_dict(self) -> dict[str, Any]:
