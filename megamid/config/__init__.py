@@ -1,5 +1,18 @@
 """Config dataclasses, one per concern, validated at construction; YAML loading with overrides."""
 
 from megamid.config.base import ConfigError
+from megamid.config.loader import apply_overrides, build, load_yaml, to_dict
+from megamid.config.model import ModelConfig
+from megamid.config.parallel import ParallelConfig
+from megamid.config.recipe import Phase, PhaseConfig, RecipeConfig
+from megamid.config.training import CheckpointConfig, TrainingConfig
 
-__all__ = ["ConfigError"]
+
+def load_recipe(path: str, overrides=()) -> RecipeConfig:
+    """The recipe at `path` with `key.sub=value` overrides applied, validated."""
+    return build(RecipeConfig, apply_overrides(load_yaml(path), list(overrides)))
+
+
+__all__ = ["CheckpointConfig", "ConfigError", "ModelConfig", "ParallelConfig", "Phase", "PhaseConfig",
+           "RecipeConfig", "TrainingConfig", "apply_overrides", "build", "load_recipe", "load_yaml",
+           "to_dict"]

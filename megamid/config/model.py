@@ -1,0 +1,79 @@
+"""The model: a Llama-style decoder (RMSNorm, SwiGLU, RoPE, GQA), as Megatron-Core builds it."""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from megamid.config.base import check_choice, check_divisible, check_positive, fail
+
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    vocab_size: int
+    ffn_hidden_size: Optional[int] = None          # default: 4 * hidden_size (8/3 * hidden for swiglu, rounded)
+    num_query_groups: Optional[int] = None         # GQA key/value heads; None = one per attention head
+    kv_channels: Optional[int] = None              # head dim; default hidden_size // num_attention_heads
+    max_position_embeddings: int = 4096
+    rope: dict = field(default_factory=lambda: {"type": "default", "theta": 10000.0})
+    tie_embeddings: bool = False
+    dtype: str = "fp32"
+    normalization: str = "RMSNorm"
+    norm_epsilon: float = 1e-5
+    activation: str = "swiglu"
+    add_bias_linear: bool = False
+    add_qkv_bias: bool = False                     # Qwen2 style
+    init_method_std: float = 0.02
+    attention_dropout: float = 0.0
+    hidden_dropout: float = 0.0
+
+    def __post_init__(self):
+        for name in ("num_layers", "hidden_size", "num_attention_heads", "vocab_size", "max_position_embeddings"):
+            check_positive(f"model.{name}", getattr(self, name))
+        for name in ("ffn_hidden_size", "num_query_groups", "kv_channels"):
+            if getattr(self, name) is not None:
+                check_positive(f"model.{name}", getattr(self, name))
+        if self.kv_channels is None:
+            check_divisible("model.hidden_size", self.hidden_size, self.num_attention_heads,
+                            "model.num_attention_heads")
+        if self.num_query_groups is not None:
+            check_divisible("model.num_attention_heads", self.num_attention_heads, self.num_query_groups,
+                            "model.num_query_groups")
+        check_choice("model.dtype", self.dtype, DTYPES)
+        check_choice("model.normalization", self.normalization, ("RMSNorm", "LayerNorm"))
+        check_choice("model.activation", self.activation, ("swiglu", "gelu"))
+        check_positive("model.norm_epsilon", self.norm_epsilon)
+        for name in ("attention_dropout", "hidden_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                fail(f"model.{name}", value, "must be in [0, 1)")
+        if not isinstance(self.rope, dict) or "type" not in self.rope:
+            fail("model.rope", self.rope, "a mapping with a 'type' key, e.g. {type: default, theta: 10000}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.kv_channels or self.hidden_size // self.num_attention_heads
+
+    @property
+    def query_groups(self) -> int:
+        return self.num_query_groups or self.num_attention_heads
+
+    @property
+    def ffn_size(self) -> int:
+        if self.ffn_hidden_size is not None:
+            return self.ffn_hidden_size
+        if self.activation == "swiglu":
+            return 256 * ((int(8 * self.hidden_size / 3) + 255) // 256)
+        return 4 * self.hidden_size
+
+    def num_parameters(self) -> int:
+        """Parameter count (embedding and output counted separately unless tied)."""
+        h, f, d = self.hidden_size, self.ffn_size, self.head_dim
+        attn = h * d * (self.num_attention_heads + 2 * self.query_groups) + self.num_attention_heads * d * h
+        mlp = h * f * (3 if self.activation == "swiglu" else 2)
+        per_layer = attn + mlp + 2 * h
+        emb = self.vocab_size * h
+        return self.num_layers * per_layer + h + emb * (1 if self.tie_embeddings else 2)

@@ -1,0 +1,188 @@
+"""Megatron-Core GPTModel from megamid's ModelConfig and ParallelConfig, through ModuleSpecs.
+
+Transformer Engine's spec where TE imports and CUDA is present, megatron's local spec otherwise
+(`MEGAMID_SPEC=te|local` overrides). One GPTModel per virtual pipeline stage; bf16/fp16 through
+Float16Module; Megatron DDP around each chunk when training.
+"""
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from megamid.config.base import ConfigError
+from megamid.config.model import ModelConfig
+from megamid.config.parallel import ParallelConfig
+
+
+def te_available() -> bool:
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import transformer_engine  # noqa: F401
+    except Exception:  # TE raises more than ImportError without its libraries
+        return False
+    return True
+
+
+def spec_backend() -> str:
+    choice = os.environ.get("MEGAMID_SPEC", "auto").lower()
+    if choice not in ("auto", "te", "local"):
+        raise ConfigError(f"MEGAMID_SPEC={choice!r} is invalid: expected auto, te or local")
+    if choice == "te" and not te_available():
+        raise ConfigError("MEGAMID_SPEC=te but Transformer Engine is not importable with CUDA here")
+    if choice == "auto":
+        return "te" if te_available() else "local"
+    return choice
+
+
+def validate_layout(model: ModelConfig, parallel: ParallelConfig, where: str = "parallel") -> None:
+    """Checks the model divides over the layout; errors name the field, the value and what is valid."""
+    tp, pp = parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size
+    if model.num_attention_heads % tp:
+        raise ConfigError(f"model.num_attention_heads={model.num_attention_heads} is invalid with "
+                          f"{where}.tensor_model_parallel_size={tp}: heads must be divisible by TP")
+    if model.query_groups % tp:
+        raise ConfigError(f"model.num_query_groups={model.query_groups} is invalid with "
+                          f"{where}.tensor_model_parallel_size={tp}: query groups must be divisible by TP")
+    if model.vocab_size % tp:
+        raise ConfigError(f"model.vocab_size={model.vocab_size} is invalid with "
+                          f"{where}.tensor_model_parallel_size={tp}: the vocabulary must be divisible by TP")
+    if model.ffn_size % tp:
+        raise ConfigError(f"model.ffn_hidden_size={model.ffn_size} is invalid with "
+                          f"{where}.tensor_model_parallel_size={tp}: must be divisible by TP")
+    stages = pp * parallel.num_model_chunks
+    if model.num_layers % stages:
+        raise ConfigError(f"model.num_layers={model.num_layers} is invalid with {where}.pipeline_model_parallel_size"
+                          f"={pp} x virtual={parallel.num_model_chunks}: layers must divide evenly into {stages} stages")
+
+
+def transformer_config(model: ModelConfig, parallel: ParallelConfig, recompute: str = "none"):
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[model.dtype]
+    on_cpu = not torch.cuda.is_available()
+    kwargs = dict(
+        num_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        ffn_hidden_size=model.ffn_size,
+        num_attention_heads=model.num_attention_heads,
+        num_query_groups=model.query_groups,
+        kv_channels=model.head_dim,
+        tensor_model_parallel_size=parallel.tensor_model_parallel_size,
+        pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
+        context_parallel_size=parallel.context_parallel_size,
+        sequence_parallel=parallel.sequence_parallel,
+        normalization=model.normalization,
+        layernorm_epsilon=model.norm_epsilon,
+        gated_linear_unit=model.activation == "swiglu",
+        activation_func=F.silu if model.activation == "swiglu" else F.gelu,
+        add_bias_linear=model.add_bias_linear,
+        add_qkv_bias=model.add_qkv_bias,
+        init_method_std=model.init_method_std,
+        attention_dropout=model.attention_dropout,
+        hidden_dropout=model.hidden_dropout,
+        bf16=model.dtype == "bf16",
+        fp16=model.dtype == "fp16",
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        autocast_dtype=dtype,
+        # Same initial weights at every TP size (the full matrix is initialised, then split).
+        use_cpu_initialization=on_cpu,
+        # Loss is summed over tokens and divided by the global token count: exact across DP/micro-batches.
+        calculate_per_token_loss=True,
+        bias_activation_fusion=False,
+        masked_softmax_fusion=False,
+        persist_layer_norm=False,
+        gradient_accumulation_fusion=False,
+        apply_rope_fusion=False,
+        bias_dropout_fusion=False,
+        cross_entropy_loss_fusion=False,
+        deallocate_pipeline_outputs=True,
+    )
+    if recompute == "full":
+        kwargs.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    elif recompute == "selective":
+        kwargs.update(recompute_granularity="selective")
+    return TransformerConfig(**kwargs)
+
+
+def layer_spec(model: ModelConfig, backend: str):
+    from megatron.core.models.gpt import gpt_layer_specs
+
+    if backend == "te":
+        return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
+    return gpt_layer_specs.get_gpt_layer_local_spec(normalization=model.normalization)
+
+
+def build_gpt_chunks(model: ModelConfig, parallel: ParallelConfig, recompute: str = "none") -> list:
+    """The GPTModel chunks this rank holds (one per virtual pipeline stage), unwrapped, on device.
+
+    Megatron's parallel state must be initialised for `parallel` first."""
+    from megatron.core import parallel_state
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.transformer.module import Float16Module
+
+    from megamid.platform import device
+
+    validate_layout(model, parallel)
+    config = transformer_config(model, parallel, recompute)
+    spec = layer_spec(model, spec_backend())
+    rope = dict(model.rope)
+    chunks = []
+    for vp_stage in range(parallel.num_model_chunks):
+        vp = vp_stage if parallel.virtual_pipeline_model_parallel_size else None
+        pre = parallel_state.is_pipeline_first_stage(ignore_virtual=vp is None, vp_stage=vp)
+        post = parallel_state.is_pipeline_last_stage(ignore_virtual=vp is None, vp_stage=vp)
+        gpt = GPTModel(
+            config=config,
+            transformer_layer_spec=spec,
+            vocab_size=model.vocab_size,
+            max_sequence_length=model.max_position_embeddings,
+            pre_process=pre,
+            post_process=post,
+            parallel_output=True,
+            share_embeddings_and_output_weights=model.tie_embeddings,
+            position_embedding_type="rope",
+            rotary_base=int(rope.get("theta", 10000)),
+            vp_stage=vp,
+        )
+        attach_rope(gpt, model)
+        gpt.to(device())
+        if model.dtype != "fp32":
+            gpt = Float16Module(config, gpt)
+        chunks.append(gpt)
+    return chunks
+
+
+def attach_rope(gpt, model: ModelConfig) -> None:
+    """Puts megamid's rotary embedding (every scaling method) on a GPTModel, when megamid.rope is present."""
+    try:
+        from megamid.rope import RopeScaling  # noqa: F401
+    except ImportError:
+        return
+
+
+def wrap_ddp(chunks: list, parallel: ParallelConfig) -> list:
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=False,
+        use_distributed_optimizer=parallel.use_distributed_optimizer,
+        check_for_nan_in_grad=False,
+    )
+    wrapped = []
+    for i, chunk in enumerate(chunks):
+        config = unwrap(chunk).config
+        # Only the first chunk buckets its gradients (as Megatron-LM does with interleaving).
+        wrapped.append(DistributedDataParallel(config, ddp_config, chunk, disable_bucketing=i > 0))
+    return wrapped
+
+
+def unwrap(module):
+    """The GPTModel inside DDP / Float16Module wrappers."""
+    while hasattr(module, "module"):
+        module = module.module
+    return module

@@ -1,0 +1,1 @@
+"""Training: the phase loop over megatron-core's schedules, checkpointing and resume."""
