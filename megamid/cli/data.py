@@ -31,7 +31,7 @@ def add_arguments(parser) -> None:
 
     d = sub.add_parser("demo-corpus", help="a multi-domain corpus from local text (no download)")
     d.add_argument("out", help="output folder")
-    d.add_argument("--size", default="tiny", choices=["tiny", "small"])
+    d.add_argument("--size", default="tiny", choices=["test", "tiny", "small"])
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--tokenizer", default="byte", help="tokenizer for the .bin/.idx; 'none' writes JSONL only")
     d.add_argument("--workers", type=int, default=1)

@@ -23,6 +23,7 @@ import sysconfig
 
 # characters per domain; with the byte tokenizer tokens ~= bytes, so 'tiny' is ~2.3M tokens in all
 SIZES = {
+    "test": {"code": 60_000, "prose": 40_000, "math": 30_000, "long": 100_000, "pretrain": 40_000},
     "tiny": {"code": 400_000, "prose": 300_000, "math": 200_000, "long": 1_000_000, "pretrain": 400_000},
     "small": {"code": 3_000_000, "prose": 2_000_000, "math": 1_000_000, "long": 6_000_000, "pretrain": 3_000_000},
 }
@@ -66,9 +67,8 @@ def module_docstrings(source: str) -> str:
     return "\n\n".join(parts)
 
 
-def package_descriptions() -> list:
+def package_descriptions():
     """Long descriptions from installed packages' METADATA (documentation text), sorted by path."""
-    texts = []
     for base in sorted({p for p in (sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"])}):
         if not os.path.isdir(base):
             continue
@@ -78,8 +78,18 @@ def package_descriptions() -> list:
                 with open(path, encoding="utf-8", errors="replace") as f:
                     body = f.read().split("\n\n", 1)
                 if len(body) == 2 and len(body[1]) >= 500:
-                    texts.append(body[1])
-    return texts
+                    yield {"text": body[1], "origin": f"{d}/METADATA"}
+
+
+def _interleave(first, second, rng: random.Random):
+    """Documents of two iterables in a seeded random interleaving, drawn lazily."""
+    streams = [iter(first), iter(second)]
+    while streams:
+        k = rng.randrange(len(streams))
+        try:
+            yield next(streams[k])
+        except StopIteration:
+            streams.pop(k)
 
 
 def _take(docs, budget: int) -> list:
@@ -137,28 +147,26 @@ def build_documents(size: str = "tiny", seed: int = 0) -> dict:
     half = len(order) * 2 // 3  # two thirds for mid-training code/prose, the rest for pretrain replay
     mid, pre = order[:half], order[half:]
     short = lambda rels: [r for r in rels if len(sources[r]) <= MAX_FILE_CHARS]  # noqa: E731
-    docstrings = lambda rels: [{"text": d, "origin": r} for r in rels  # noqa: E731
-                               if len(d := module_docstrings(sources[r])) >= 300]
+    docstrings = lambda rels: ({"text": d, "origin": r} for r in rels  # noqa: E731 (lazy: ast is slow)
+                               if len(d := module_docstrings(sources[r])) >= 300)
 
     code = _take(({"text": sources[r], "origin": r} for r in short(mid)), budget["code"])
-    prose_docs = docstrings(mid) + [{"text": t, "origin": "METADATA"} for t in package_descriptions()]
-    rng.shuffle(prose_docs)
-    prose = _take(prose_docs, budget["prose"])
-    pre_docs = [{"text": sources[r], "origin": r} for r in short(pre)] + docstrings(pre)
-    rng.shuffle(pre_docs)
-    pretrain = _take(pre_docs, budget["pretrain"])
+    prose = _take(_interleave(docstrings(mid), package_descriptions(), rng), budget["prose"])
+    pretrain = _take(_interleave(({"text": sources[r], "origin": r} for r in short(pre)), docstrings(pre), rng),
+                     budget["pretrain"])
 
     math = _take(({"text": "\n\n".join(math_problem(rng) for _ in range(rng.randint(4, 16))), "origin": "generated"}
                   for _ in itertools.count()), budget["math"])
 
     packages = sorted({r.split(os.sep)[0] for r in files if os.sep in r})
     rng.shuffle(packages)
+    repo_cap = max(LONG_DOC_CHARS[0], min(2 * LONG_DOC_CHARS[1], budget["long"] // 4))
     repo_docs = []
     for pkg in packages:
         text = "".join(f"# file: {r}\n{sources[r]}\n" for r in files if r.startswith(pkg + os.sep) and r in sources)
         if len(text) >= LONG_DOC_CHARS[0]:
-            repo_docs.append({"text": text[:LONG_DOC_CHARS[1] * 2], "origin": f"repo:{pkg}"})
-    filler = [s.strip() for d in prose_docs for s in d["text"].split(". ") if 40 <= len(s.strip()) <= 200]
+            repo_docs.append({"text": text[:repo_cap], "origin": f"repo:{pkg}"})
+    filler = [s.strip() for d in prose + pretrain for s in d["text"].split(". ") if 40 <= len(s.strip()) <= 200]
     filler = sorted(set(filler))
     long_docs, used, k = [], 0, 0
     while used < budget["long"]:
