@@ -67,7 +67,8 @@ class BuildExt(build_ext):
         objects = []
         os.makedirs(self.build_temp, exist_ok=True)
         for src in cu:
-            obj = os.path.join(self.build_temp, os.path.basename(src) + ".o")
+            # The relative path in the name: two kernels may share a basename in different folders.
+            obj = os.path.join(self.build_temp, src.replace(os.sep, "_") + ".o")
             cmd = [nvcc, "-c", src, "-o", obj, "-O3", "-std=c++17", "-Xcompiler", "-fPIC",
                    "-Icsrc", *gencode]
             print(" ".join(cmd))
@@ -78,15 +79,31 @@ class BuildExt(build_ext):
         return super().build_extension(ext)
 
 
+def _cuda_home():
+    """The toolkit root holding include/cuda_runtime.h (nvcc on PATH may be a wrapper script)."""
+    nvcc = shutil.which("nvcc")
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
+                  nvcc and os.path.dirname(os.path.dirname(os.path.realpath(nvcc))), "/usr/local/cuda"]
+    for home in filter(None, candidates):
+        if os.path.exists(os.path.join(home, "include", "cuda_runtime.h")):
+            return home
+    sys.exit("CUDA build wanted but no toolkit with include/cuda_runtime.h found (set CUDA_HOME)")
+
+
 if _cuda_wanted() and CUDA_SOURCES:
-    cuda_home = os.path.dirname(os.path.dirname(shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"))
+    cuda_home = _cuda_home()
+    cuda_libs = [d for d in (os.path.join(cuda_home, "lib64"), os.path.join(cuda_home, "lib")) if os.path.isdir(d)]
+    # Static cudart where the toolkit has it: the module then needs only the driver at import, not a
+    # libcudart.so of the same version as the build machine's (torch wheels ship their own).
+    static = any(os.path.exists(os.path.join(d, "libcudart_static.a")) for d in cuda_libs)
     ext_modules.append(
         Pybind11Extension(
             "megamid._cuda",
             CUDA_SOURCES + _rel(glob.glob(os.path.join(HERE, "csrc", "cuda_bindings.cpp"))),
             include_dirs=["csrc", os.path.join(cuda_home, "include")],
-            library_dirs=[os.path.join(cuda_home, "lib64")],
-            libraries=["cudart"],
+            library_dirs=cuda_libs,
+            libraries=["cudart_static", "dl", "rt", "pthread"] if static else ["cudart"],
+            runtime_library_dirs=[] if static else cuda_libs,
             cxx_std=17,
         )
     )
