@@ -37,7 +37,7 @@ class TokenStream:
         self.lengths = np.asarray(self.dataset.index.sequence_lengths, dtype=np.int64)
         if len(self.lengths) == 0 or self.lengths.sum() == 0:
             raise DataError(f"source {name!r}: {prefix} holds no tokens ({len(self.lengths)} documents); "
-                            "a source needs at least one non-empty document, or weight 0 and removal")
+                            "a source needs at least one non-empty document, or remove it from the mix")
         self._check_vocab(vocab_size)
         self.copies = self._copies(upsample_long, long_threshold_tokens)
         self.epoch_tokens = int((self.lengths * self.copies).sum())
@@ -48,6 +48,9 @@ class TokenStream:
             if not os.path.isfile(path):
                 raise DataError(f"source {self.name!r}: {path} not found; a source prefix needs PREFIX.bin and "
                                 "PREFIX.idx as written by `megamid data prepare`")
+        if os.path.getsize(self.prefix + ".bin") == 0:  # megatron cannot mmap an empty file
+            raise DataError(f"source {self.name!r}: {self.prefix}.bin holds no tokens (0 bytes); a source needs "
+                            "at least one non-empty document, or remove it from the mix")
         from megatron.core.datasets.indexed_dataset import IndexedDataset  # heavy import: only when reading
 
         try:

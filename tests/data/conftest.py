@@ -32,3 +32,9 @@ def corpus(tmp_path_factory):
         "long": write_source(d, "long", random_texts(3, 6, (1500, 3000), "opqrstu \n") + random_texts(4, 10, (10, 80), "vw")),
         "web": write_source(d, "web", random_texts(5, 50, (20, 200), "xyz0123456789 ")),
     }
+
+
+@pytest.fixture
+def source_writer():
+    """write_source, for tests that build their own small source."""
+    return write_source
