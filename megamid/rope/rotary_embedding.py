@@ -150,6 +150,24 @@ class ScaledRotaryEmbedding(RotaryEmbedding):
         return emb.cos() * factor, emb.sin() * factor
 
 
+class PositionIdsRopeMixin:
+    """GPTModel mixin: RoPE from the batch's position_ids (packed documents restarting at 0, bshd layout),
+    which megatron's GPTModel ignores. `class Model(PositionIdsRopeMixin, GPTModel)`; switch on with
+    `rope_position_ids = True`; under context parallelism set `rope_seq_len` to the global length."""
+
+    rope_position_ids: bool = False
+    rope_seq_len: int | None = None
+
+    def _preprocess(self, *args, **kwargs):
+        out = super()._preprocess(*args, **kwargs)
+        position_ids = kwargs.get("position_ids", args[1] if len(args) > 1 else None)
+        # out[1] is None where megatron uses no freqs (flash decode): leave those paths alone
+        if self.rope_position_ids and position_ids is not None and out[1] is not None:
+            freqs = self.rotary_pos_emb.freqs_for_positions(position_ids, seq_len=self.rope_seq_len)
+            out = (out[0], freqs, *out[2:])
+        return out
+
+
 def install_rotary_embedding(gpt, rope: RopeScaling) -> ScaledRotaryEmbedding:
     """Replace a GPTModel's rotary embedding (built with position_embedding_type="rope") by one for
     `rope`, and bind its attention factor to the model's TransformerConfig."""

@@ -18,7 +18,12 @@ from transformers.models.llama.modeling_llama import rotate_half
 
 from megamid.config import ConfigError
 from megamid.rope import RopeScaling, cp_shard_positions, packed_positions
-from megamid.rope.rotary_embedding import ScaledRotaryEmbedding, bind_attention_factor, install_rotary_embedding
+from megamid.rope.rotary_embedding import (
+    PositionIdsRopeMixin,
+    ScaledRotaryEmbedding,
+    bind_attention_factor,
+    install_rotary_embedding,
+)
 
 ORIGINAL = 64  # short lengths keep the test fast; switch points sit at 64
 ROPES = {
@@ -213,3 +218,29 @@ def test_install_on_a_gpt_model_shape():
     assert _yarn_get_concentration_factor_from_config(config) == pytest.approx(rope.attention_factor, rel=1e-15)
     with pytest.raises(ConfigError, match="kv_channels=32"):
         install_rotary_embedding(gpt, make("yarn", head_dim=64))
+
+
+def test_position_ids_mixin_replaces_megatron_freqs():
+    class FakeGPT:  # GPTModel._preprocess returns (decoder_input, rotary_pos_emb, cos, sin, offset, mask)
+        def __init__(self, rope):
+            self.rotary_pos_emb = ScaledRotaryEmbedding(rope)
+
+        def _preprocess(self, input_ids, position_ids, decoder_input=None, inference_context=None,
+                        packed_seq_params=None, padding_mask=None):
+            return ("x", self.rotary_pos_emb(input_ids.shape[1]), None, None, None, None)
+
+    class Model(PositionIdsRopeMixin, FakeGPT):
+        pass
+
+    model = Model(make("dynamic"))
+    tokens = torch.zeros(2, 80, dtype=torch.long)
+    position_ids = torch.stack([packed_positions(torch.tensor([0, 30, 80])), torch.arange(80)])
+    out = model._preprocess(input_ids=tokens, position_ids=position_ids)
+    assert out[1].shape == (80, 1, 1, 16)  # off by default: megatron's shared table
+    model.rope_position_ids = True
+    out = model._preprocess(input_ids=tokens, position_ids=position_ids)
+    assert out[0] == "x" and len(out) == 6
+    torch.testing.assert_close(out[1], model.rotary_pos_emb.freqs_for_positions(position_ids), rtol=0, atol=0)
+    model.rope_seq_len = 4 * ORIGINAL  # global length under CP picks the dynamic base for it
+    out = model._preprocess(tokens, position_ids)
+    torch.testing.assert_close(out[1][:, 1], model.rotary_pos_emb(4 * ORIGINAL)[:80, 0], rtol=0, atol=0)
