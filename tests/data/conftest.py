@@ -1,4 +1,6 @@
-"""Tiny corpora for the data tests: a few hundred documents per source, byte tokenizer."""
+"""python -m pytest -q tests/data   (fixtures for every test in tests/data)
+
+Tiny corpora for the data tests: a few hundred documents per source, byte tokenizer."""
 
 import json
 import random

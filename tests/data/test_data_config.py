@@ -1,4 +1,6 @@
-"""DataConfig validation and the pure mixture plan (shares per stream)."""
+"""python -m pytest -q tests/data/test_data_config.py
+
+DataConfig validation and the pure mixture plan (shares per stream)."""
 
 import numpy as np
 import pytest

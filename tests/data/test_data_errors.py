@@ -1,4 +1,6 @@
-"""Bad data gets one clear error naming the source, the problem and what is valid."""
+"""python -m pytest -q tests/data/test_data_errors.py
+
+Bad data gets one clear error naming the source, the problem and what is valid."""
 
 import os
 import shutil

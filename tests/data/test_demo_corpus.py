@@ -1,4 +1,6 @@
-"""The demo corpus: every domain present, deterministic for a seed, different for another seed."""
+"""python -m pytest -q tests/data/test_demo_corpus.py
+
+The demo corpus: every domain present, deterministic for a seed, different for another seed."""
 
 import json
 

@@ -1,4 +1,6 @@
-"""MixtureDataset: streams never repeat or skip across weight changes, resume is sample-exact,
+"""python -m pytest -q tests/data/test_mixture_dataset.py
+
+MixtureDataset: streams never repeat or skip across weight changes, resume is sample-exact,
 packed rows expose document boundaries, long-document shares and upsampling hold."""
 
 import numpy as np

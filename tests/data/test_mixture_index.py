@@ -1,4 +1,6 @@
-"""The blended index: C++ helper == Python twin; realised shares track the schedule at every prefix."""
+"""python -m pytest -q tests/data/test_mixture_index.py
+
+The blended index: C++ helper == Python twin; realised shares track the schedule at every prefix."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,6 @@
-"""megamid data prepare / train-tokenizer: formats, filter, dedup, EOD, stats, worker-count invariance."""
+"""python -m pytest -q tests/data/test_prepare.py
+
+megamid data prepare / train-tokenizer: formats, filter, dedup, EOD, stats, worker-count invariance."""
 
 import gzip
 import json
