@@ -23,7 +23,6 @@ from megamid.kernels.rope_reference import (
     rope_fused_qkv_backward_reference,
     rope_fused_qkv_reference,
     rope_reference,
-    split_fused_qkv,
 )
 
 try:
@@ -116,6 +115,13 @@ def _cuda_rope_fused_qkv(qkv, q, k, v, inv_freq, attention_factor, layout, inter
     del keep
 
 
+def _fused_shapes(qkv_shape, head_dim):
+    """Shapes of q, k, v split from a fused QKV [..., groups, (q_per_group + 2) * head_dim]."""
+    *lead, groups, width = qkv_shape
+    q_per_group = width // head_dim - 2
+    return ((*lead, groups * q_per_group, head_dim), (*lead, groups, head_dim), (*lead, groups, head_dim))
+
+
 def _like(result, t):
     """result laid out like t (empty_like's strides), as the fake implementations promise."""
     if result.stride() == t.stride():
@@ -175,8 +181,7 @@ def rope_fused_qkv_fwd(qkv: Tensor, inv_freq: Tensor, attention_factor: float, h
                        cp_size: int, cp_rank: int) -> tuple[Tensor, Tensor, Tensor]:
     if kernel_backend(qkv.device, qkv.dtype) == "cuda":
         qkv = _last_dim_contiguous(qkv)
-        q, k, v = (torch.empty(t.shape, dtype=t.dtype, device=t.device)
-                   for t in split_fused_qkv(qkv.new_empty(0).expand(qkv.shape), head_dim))
+        q, k, v = (qkv.new_empty(shape) for shape in _fused_shapes(qkv.shape, head_dim))
         _cuda_rope_fused_qkv(qkv, q, k, v, inv_freq, attention_factor, layout, interleaved, cu_seqlens,
                              position_ids, cp_size, cp_rank, backward=False)
         return q, k, v
@@ -220,7 +225,7 @@ def _(q, k, *args):
 
 @rope_fused_qkv_fwd.register_fake
 def _(qkv, inv_freq, attention_factor, head_dim, *args):
-    return tuple(qkv.new_empty(t.shape) for t in split_fused_qkv(qkv.new_empty(0).expand(qkv.shape), head_dim))
+    return tuple(qkv.new_empty(shape) for shape in _fused_shapes(qkv.shape, head_dim))
 
 
 @rope_fused_qkv_bwd.register_fake
@@ -278,19 +283,27 @@ rope_fused_qkv_fwd.register_autograd(_fused_backward, setup_context=_fused_setup
 
 
 class _RopeInPlace(torch.autograd.Function):
-    """In-place RoPE that autograd can still differentiate (mutating custom ops take no autograd)."""
+    """In-place RoPE of one tensor that autograd can still differentiate (mutating custom ops take no
+    autograd). One tensor per Function: autograd refuses a Function that mutates two views (q and k
+    split from one QKV projection) and returns both."""
 
     @staticmethod
-    def forward(ctx, q, k, inv_freq, factor, layout, interleaved, cu, pos, cp_size, cp_rank):
-        rope_fwd_(q, k, inv_freq, factor, layout, interleaved, cu, pos, cp_size, cp_rank)
-        ctx.mark_dirty(q, k)
+    def forward(ctx, x, inv_freq, factor, layout, interleaved, cu, pos, cp_size, cp_rank):
+        rope_fwd_(x, _no_heads(x), inv_freq, factor, layout, interleaved, cu, pos, cp_size, cp_rank)
+        ctx.mark_dirty(x)
         ctx.save_for_backward(inv_freq, cu, pos)
         ctx.options = (factor, layout, interleaved, cp_size, cp_rank)
-        return q, k
+        return x
 
     @staticmethod
-    def backward(ctx, grad_q, grad_k):
-        return _rope_fwd_backward(ctx, grad_q, grad_k)
+    def backward(ctx, grad):
+        dx, _ = rope_bwd(grad, _no_heads(grad), *_rope_options(ctx))
+        return dx, None, None, None, None, None, None, None, None
+
+
+def _no_heads(x):
+    """A zero-head partner for x: the kernel skips a head set with no heads."""
+    return x.new_empty(*x.shape[:-2], 0, x.shape[-1])
 
 
 # ---- the public functions ---------------------------------------------------------------------------
@@ -350,7 +363,8 @@ def apply_rope(q: Tensor, k: Tensor, inv_freq: Tensor, attention_factor: float =
     cu_seqlens (global boundaries, int32, as Megatron's PackedSeqParams); else 0..s-1. cp_size /
     cp_rank: this rank's shard of Megatron's dual-chunk context-parallel layout (chunks r and
     2cp-1-r); with THD each document is sharded so (its length must be a multiple of 2 * cp_size).
-    inplace: overwrite q and k (still differentiable when they are not leaves).
+    inplace: overwrite q and k. Without autograd, one launch; with autograd (q, k non-leaf) one launch
+    each, since autograd takes one mutated view per Function: for training prefer the fused QKV path.
     """
     d = q.shape[-1]
     _check("apply_rope", q, inv_freq, layout, cu_seqlens, position_ids, cp_size, cp_rank, d)
@@ -367,7 +381,10 @@ def apply_rope(q: Tensor, k: Tensor, inv_freq: Tensor, attention_factor: float =
     args = (inv_freq, float(attention_factor), layout, bool(interleaved), cu_seqlens, position_ids,
             int(cp_size), int(cp_rank))
     if inplace:
-        return _RopeInPlace.apply(q, k, *args)
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+            return _RopeInPlace.apply(q, *args), _RopeInPlace.apply(k, *args)  # two launches
+        rope_fwd_(q, k, *args)  # one launch
+        return q, k
     return rope_fwd(q, k, *args)
 
 
