@@ -27,7 +27,7 @@ demo: install
 nvcc-check:
 	@if command -v nvcc >/dev/null 2>&1; then \
 	  set -e; tmp=$$(mktemp -d); for f in $$(find csrc -name '*.cu'); do \
-	    echo "nvcc -c $$f"; nvcc -c $$f -o $$tmp/$$(basename $$f).o -std=c++17 -Icsrc -gencode arch=compute_90,code=sm_90; \
+	    echo "nvcc -c $$f"; nvcc -c $$f -o $$tmp/$$(basename $$f).o -std=c++17 -Icsrc -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,code=sm_80; \
 	  done; rm -rf $$tmp; \
 	else echo "nvcc not found: skipping the CUDA compile check"; fi
 

@@ -1,2 +1,5 @@
 """Python faces of the kernels in csrc/: each op has a pure-PyTorch/NumPy reference used as the test
-oracle and as the fallback where the extension is not built. MEGAMID_KERNELS=auto|cuda|reference."""
+oracle and as the fallback where the extension is not built. MEGAMID_KERNELS=auto|cuda|reference.
+
+rope: fused RoPE for Q and K (and Megatron's fused QKV) with any inv_freq and attention factor.
+"""
