@@ -15,6 +15,8 @@ try:
     from megamid import _C
 except ImportError:  # extension not built: the reference serves
     _C = None
+if _C is not None and not hasattr(_C, "mixture_index"):  # an extension built before this helper
+    _C = None
 
 
 def _check(knot_samples, knot_shares, num_samples: int):

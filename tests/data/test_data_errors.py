@@ -12,6 +12,9 @@ from megamid.config.data import DataConfig
 from megamid.data import DataError
 from megamid.data.mixture_dataset import MixtureDataset
 
+# megatron's IndexedDataset.__del__ complains about attributes a failed constructor never set
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
 
 def build(prefixes, vocab_size=258, weights=None, **kw):
     weights = weights or [1.0] * len(prefixes)
