@@ -151,7 +151,9 @@ __global__ void __launch_bounds__(kThreads) rope_kernel(const __grid_constant__ 
       const float fpos = (float)pos;
       for (int f = lane; f < p.half_rd; f += 32) {
         float s, c;
-        sincosf(fpos * p.inv_freq[f], &s, &c);
+        // __fmul_rn: the rounded product, never contracted into sincosf's reduction (an FMA there
+        // would use the unrounded angle and part from the reference at large positions).
+        sincosf(__fmul_rn(fpos, p.inv_freq[f]), &s, &c);
         s_cos[tl * p.half_rd + f] = c * p.factor;
         s_sin[tl * p.half_rd + f] = s * p.factor * p.sign;
       }

@@ -68,13 +68,13 @@ def _common(ref, inv_freq, attention_factor, layout, interleaved, cu_seqlens, po
     """Keyword arguments shared by both bindings; `ref` is a [s, b, h, d] view giving s, b, d, dtype."""
     pos_ptr, pos_s, pos_b = 0, 0, 0
     if position_ids is not None:
-        pos = position_ids if position_ids.dtype == torch.int64 else position_ids.long()
+        pos = position_ids.to(device=ref.device, dtype=torch.int64)  # the kernel reads int64 on device
         pos_ptr = pos.data_ptr()
         if pos.dim() == 1:
             pos_s = pos.stride(0)
         else:  # [b, s]
             pos_s, pos_b = pos.stride(1), pos.stride(0)
-    cu = None if cu_seqlens is None else cu_seqlens.to(torch.int32).contiguous()
+    cu = None if cu_seqlens is None else cu_seqlens.to(device=ref.device, dtype=torch.int32).contiguous()
     kwargs = dict(
         dtype=_dtype_code(ref.dtype), seq_len=ref.shape[0], batch=ref.shape[1], head_dim=ref.shape[3],
         rotary_dim=2 * inv_freq.numel(), interleaved=interleaved, backward=backward,
