@@ -103,6 +103,42 @@ def _restore_rng(state: dict) -> None:
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
 
 
+def _create_adam_state(optimizer) -> None:
+    """The distributed optimizer builds its load template from existing Adam state (exp_avg,
+    exp_avg_sq and torch's per-param `step`); a fresh process has none, so make zeroed state."""
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = opt.optimizer
+        opt.init_state_fn(inner, opt.config)
+        for group in inner.param_groups:
+            for param in group["params"]:
+                inner.state[param].setdefault("step", torch.tensor(0.0))
+
+
+def _saved_steps(node, found: set) -> set:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "param_groups" and isinstance(value, list):
+                found.update(float(g["step"]) for g in value if isinstance(g, dict) and "step" in g)
+            else:
+                _saved_steps(value, found)
+    return found
+
+
+def _restore_adam_steps(optimizer, loaded_optimizer: dict) -> None:
+    """After DistributedOptimizer.load_state_dict, torch Adam's per-param `step` holds the load
+    template's value (the dp_reshardable bucket state does not persist it), and megatron gives every
+    param one shared tensor that Adam would increment once per param. Set each param its own copy of
+    the step saved in the param groups."""
+    steps = _saved_steps(loaded_optimizer, set())
+    if len(steps) != 1:
+        raise CheckpointError(f"distributed optimizer checkpoint holds {len(steps)} different Adam steps "
+                              f"{sorted(steps)}; expected one")
+    step = steps.pop()
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        for state in opt.optimizer.state.values():
+            state["step"] = torch.tensor(step, dtype=torch.float32)
+
+
 def _optimizer_metadata(use_distributed_optimizer: bool):
     # The default distributed-optimizer sharding fails to save on megatron-core 0.16-0.19
     # ("flattened_range is not supported"); dp_reshardable round-trips exactly.
@@ -186,6 +222,8 @@ def load_checkpoint(path: str, chunks: list, optimizer, use_distributed_optimize
     same_layout = meta.get("layout") == _layout()
     sharded = _model_state(chunks)
     if load_optimizer:
+        if use_distributed_optimizer:
+            _create_adam_state(optimizer)
         sharded["optimizer"] = optimizer.sharded_state_dict(
             sharded, is_loading=True, metadata=_optimizer_metadata(use_distributed_optimizer))
     if same_layout:
@@ -200,6 +238,8 @@ def load_checkpoint(path: str, chunks: list, optimizer, use_distributed_optimize
         # Mixed-precision optimizers restore their fp32 main params from the checkpoint itself.
         with torch.no_grad():
             optimizer.load_state_dict(loaded["optimizer"])
+        if use_distributed_optimizer:
+            _restore_adam_steps(optimizer, loaded["optimizer"])
     if same_layout and "rng_state" in loaded:
         _restore_rng(loaded["rng_state"])
     return meta
