@@ -1,0 +1,84 @@
+"""megamid eval CKPT --tasks passkey,needle,ruler,ppl,short --lengths 1024,4096 [--baseline CKPT] [--out DIR]
+
+Long-context evaluation of a checkpoint: writes results.json, results.md and heatmap PNGs to --out.
+The checkpoint is loaded by `megamid.model.inference.load_for_eval(path) -> (model, tokenizer)`,
+where model follows megamid.eval.protocol.LanguageModel.
+"""
+
+import json
+import os
+
+from megamid.cli import CommandError
+
+
+def _csv(kind):
+    def parse(text: str):
+        try:
+            return [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"expected comma-separated {kind.__name__} values, got {text!r}") from None
+
+    parse.__name__ = f"comma-separated {kind.__name__}s"  # argparse names the type in its error
+    return parse
+
+
+def add_arguments(parser) -> None:
+    from megamid.eval.ruler import TASKS as RULER_TASKS  # light: no torch model code
+    from megamid.eval.runner import DEFAULT_DEPTHS, TASK_NAMES
+
+    parser.add_argument("ckpt", metavar="CKPT", help="checkpoint directory to evaluate")
+    parser.add_argument("--tasks", type=_csv(str), default=["passkey", "needle", "ruler"],
+                        help=f"comma-separated, from {','.join(TASK_NAMES)} (default: passkey,needle,ruler)")
+    parser.add_argument("--lengths", type=_csv(int), default=[1024, 4096], help="context lengths in tokens (default: 1024,4096)")
+    parser.add_argument("--depths", type=_csv(float), default=list(DEFAULT_DEPTHS),
+                        help="needle depths in [0, 1] for passkey/needle (default: 0,0.25,0.5,0.75,1)")
+    parser.add_argument("--samples", type=int, default=5, help="samples per (length, depth) cell / per RULER task and length")
+    parser.add_argument("--num-candidates", type=int, default=4, help="candidates ranked per sample; chance = 1/N (default: 4)")
+    parser.add_argument("--ruler-tasks", type=_csv(str), default=list(RULER_TASKS), help=f"from {','.join(RULER_TASKS)}")
+    parser.add_argument("--greedy", action="store_true", help="also score greedy decoding (exact match); one forward per token")
+    parser.add_argument("--documents", help="held-out token ids for ppl/short: .npy, .npz or an indexed dataset prefix")
+    parser.add_argument("--short-documents", help="documents for the short-context check (default: --documents)")
+    parser.add_argument("--short-length", type=int, default=512, help="tokens per short document (default: 512)")
+    parser.add_argument("--max-documents", type=int, default=None, help="use at most this many documents")
+    parser.add_argument("--baseline", metavar="CKPT", help="checkpoint to compare short-document perplexity against")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="output directory (default: CKPT/eval)")
+
+
+def _load(ckpt: str):
+    try:
+        from megamid.model.inference import load_for_eval
+    except ImportError as exc:
+        raise CommandError(f"checkpoint loading is not available yet (megamid.model.inference.load_for_eval: {exc})") from None
+    if not os.path.exists(ckpt):
+        raise FileNotFoundError(f"checkpoint {ckpt!r} does not exist")
+    return load_for_eval(ckpt)
+
+
+def run(args) -> int:
+    from megamid.eval.perplexity import load_documents
+    from megamid.eval.runner import TASK_NAMES, evaluate
+
+    unknown = [t for t in args.tasks if t not in TASK_NAMES]
+    if unknown:
+        raise CommandError(f"--tasks: unknown {','.join(unknown)}; valid: {','.join(TASK_NAMES)}")
+    if ("ppl" in args.tasks or "short" in args.tasks) and not (args.documents or args.short_documents):
+        raise CommandError("--tasks ppl/short need --documents (held-out token ids: .npy, .npz or an indexed dataset prefix)")
+    if "short" in args.tasks and not args.baseline:
+        print("megamid eval: no --baseline: 'short' reports perplexity without a ratio")
+    documents = load_documents(args.documents, args.max_documents) if args.documents else None
+    short_documents = load_documents(args.short_documents, args.max_documents) if args.short_documents else None
+    model, tokenizer = _load(args.ckpt)
+    baseline = _load(args.baseline)[0] if args.baseline else None
+    out_dir = args.out or os.path.join(args.ckpt, "eval")
+    try:
+        results = evaluate(model, tokenizer, args.tasks, args.lengths, out_dir, depths=args.depths, samples=args.samples,
+                           num_candidates=args.num_candidates, seed=args.seed, ruler_tasks=args.ruler_tasks,
+                           greedy=args.greedy, documents=documents, short_documents=short_documents,
+                           short_length=args.short_length, baseline=baseline, max_documents=args.max_documents)
+    except ValueError as exc:  # a length too short for a task, an unknown RULER task: user input
+        raise CommandError(str(exc)) from None
+    summary = {task: results[task].get("accuracy", results[task].get("ratio")) for task in args.tasks if task in results}
+    print(json.dumps(summary))
+    print(f"megamid eval: wrote {results['files']['markdown']}")
+    return 0
