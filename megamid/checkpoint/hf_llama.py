@@ -1,0 +1,191 @@
+"""Megatron-Core GPT weights <-> transformers Llama (Qwen2 with qkv biases) weights, and the config.json.
+
+Pure functions of (state dict, ModelConfig) for one full model (TP=1, PP=1): no megatron imports,
+no I/O. `hf_to_megatron(megatron_to_hf(s, cfg), cfg)` returns every tensor of `s` bit for bit
+(megatron's `_extra_state` entries are not weights and are neither read nor written).
+
+The layouts that differ:
+- attention: megatron's fused `linear_qkv` holds, for each query group g in turn, that group's
+  num_attention_heads // num_query_groups query heads, then its key head, then its value head
+  (rows of kv_channels each); HF has separate q_proj / k_proj / v_proj, heads in order, and query head
+  i reads key/value head i // (heads per group) -- the same grouping, so only rows move.
+- MLP: megatron's `linear_fc1` is [gate; up] (SwiGLU: silu of the first half times the second);
+  HF has gate_proj and up_proj.
+- RoPE needs no permutation: megatron's non-interleaved rotary and HF's rotate_half both pair
+  channel j with channel j + rotary_dim / 2.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from megamid.config.base import fail
+from megamid.config.model import ModelConfig
+
+_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+# per-layer names that map one to one: megatron suffix -> HF suffix
+_LAYER_RENAMES = {
+    "input_layernorm.weight": "input_layernorm.weight",
+    "pre_mlp_layernorm.weight": "post_attention_layernorm.weight",
+    "self_attention.linear_proj.weight": "self_attn.o_proj.weight",
+    "self_attention.linear_proj.bias": "self_attn.o_proj.bias",
+    "mlp.linear_fc2.weight": "mlp.down_proj.weight",
+    "mlp.linear_fc2.bias": "mlp.down_proj.bias",
+}
+
+
+def check_llama_like(model_cfg: ModelConfig) -> None:
+    """Raise ConfigError unless the model is a Llama-style decoder HF's Llama / Qwen2 can express."""
+    if model_cfg.normalization != "RMSNorm":
+        fail("model.normalization", model_cfg.normalization, "Llama / Qwen2 conversion needs RMSNorm")
+    if model_cfg.activation != "swiglu":
+        fail("model.activation", model_cfg.activation, "Llama / Qwen2 conversion needs swiglu")
+
+
+# ---- fused <-> split rows ------------------------------------------------------------------------
+def split_qkv(qkv: Tensor, model_cfg: ModelConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """Megatron's grouped linear_qkv weight [rows, hidden] or bias [rows] -> HF (q, k, v)."""
+    heads, groups, d = model_cfg.num_attention_heads, model_cfg.query_groups, model_cfg.head_dim
+    per_group = heads // groups
+    expected = (heads + 2 * groups) * d
+    if qkv.shape[0] != expected:
+        fail("linear_qkv", tuple(qkv.shape), f"expected {expected} rows = (heads {heads} + 2 x groups "
+             f"{groups}) x kv_channels {d}")
+    grouped = qkv.reshape(groups, (per_group + 2) * d, *qkv.shape[1:])
+    q, k, v = grouped.split([per_group * d, d, d], dim=1)
+    return (q.reshape(heads * d, *qkv.shape[1:]).contiguous(), k.reshape(groups * d, *qkv.shape[1:]).contiguous(),
+            v.reshape(groups * d, *qkv.shape[1:]).contiguous())
+
+
+def fuse_qkv(q: Tensor, k: Tensor, v: Tensor, model_cfg: ModelConfig) -> Tensor:
+    """HF (q, k, v) weights or biases -> megatron's grouped linear_qkv (inverse of split_qkv)."""
+    heads, groups, d = model_cfg.num_attention_heads, model_cfg.query_groups, model_cfg.head_dim
+    for name, t, rows in (("q_proj", q, heads * d), ("k_proj", k, groups * d), ("v_proj", v, groups * d)):
+        if t.shape[0] != rows:
+            fail(name, tuple(t.shape), f"expected {rows} rows (heads x head_dim)")
+    rest = q.shape[1:]
+    grouped = torch.cat([q.reshape(groups, (heads // groups) * d, *rest), k.reshape(groups, d, *rest),
+                         v.reshape(groups, d, *rest)], dim=1)
+    return grouped.reshape((heads + 2 * groups) * d, *rest).contiguous()
+
+
+# ---- state dicts ---------------------------------------------------------------------------------
+def megatron_to_hf(state: Mapping[str, Any], model_cfg: ModelConfig) -> dict[str, Tensor]:
+    """A GPTModel state dict (local or TE spec names, TP=1) -> HF Llama / Qwen2 names.
+
+    Tied embeddings write no lm_head.weight (as HF's save_pretrained). Unknown keys raise."""
+    check_llama_like(model_cfg)
+    state = {_local_name(k): v for k, v in state.items() if not k.endswith("_extra_state")}
+    out: dict[str, Tensor] = {"model.embed_tokens.weight": state.pop("embedding.word_embeddings.weight"),
+                              "model.norm.weight": state.pop("decoder.final_layernorm.weight")}
+    if model_cfg.tie_embeddings:
+        state.pop("output_layer.weight", None)  # PP>1 checkpoints keep a copy on the last stage
+    else:
+        out["lm_head.weight"] = state.pop("output_layer.weight")
+    for i in range(model_cfg.num_layers):
+        src, dst = f"decoder.layers.{i}.", f"model.layers.{i}."
+        for suffix in ("weight", "bias"):
+            qkv = state.pop(f"{src}self_attention.linear_qkv.{suffix}", None)
+            if qkv is not None:
+                for name, t in zip("qkv", split_qkv(qkv, model_cfg)):
+                    out[f"{dst}self_attn.{name}_proj.{suffix}"] = t
+            fc1 = state.pop(f"{src}mlp.linear_fc1.{suffix}", None)
+            if fc1 is not None:
+                gate, up = fc1.chunk(2, dim=0)
+                out[f"{dst}mlp.gate_proj.{suffix}"] = gate.contiguous()
+                out[f"{dst}mlp.up_proj.{suffix}"] = up.contiguous()
+        for megatron_name, hf_name in _LAYER_RENAMES.items():
+            if src + megatron_name in state:
+                out[dst + hf_name] = state.pop(src + megatron_name)
+    if state:
+        fail("state", sorted(state)[:5], "keys megatron_to_hf does not know (TP=1 Llama-style GPTModel expected)")
+    return out
+
+
+def hf_to_megatron(state: Mapping[str, Tensor], model_cfg: ModelConfig) -> dict[str, Tensor]:
+    """HF Llama / Qwen2 names -> a GPTModel state dict (local spec names, TP=1); inverse of megatron_to_hf.
+
+    With tied embeddings an lm_head.weight (HF's state_dict() has one) is dropped. Unknown keys raise."""
+    check_llama_like(model_cfg)
+    state = dict(state)
+    out: dict[str, Tensor] = {"embedding.word_embeddings.weight": state.pop("model.embed_tokens.weight")}
+    lm_head = state.pop("lm_head.weight", None)
+    if not model_cfg.tie_embeddings:
+        if lm_head is None:
+            fail("lm_head.weight", None, "required unless model.tie_embeddings is true")
+    for i in range(model_cfg.num_layers):
+        src, dst = f"model.layers.{i}.", f"decoder.layers.{i}."
+        out[dst + "input_layernorm.weight"] = state.pop(src + "input_layernorm.weight")
+        for suffix in ("weight", "bias"):
+            names = [f"{src}self_attn.{x}_proj.{suffix}" for x in "qkv"]
+            if names[0] in state:
+                q, k, v = (state.pop(n) for n in names)
+                out[f"{dst}self_attention.linear_qkv.{suffix}"] = fuse_qkv(q, k, v, model_cfg)
+            if f"{src}self_attn.o_proj.{suffix}" in state:
+                out[f"{dst}self_attention.linear_proj.{suffix}"] = state.pop(f"{src}self_attn.o_proj.{suffix}")
+        out[dst + "pre_mlp_layernorm.weight"] = state.pop(src + "post_attention_layernorm.weight")
+        for suffix in ("weight", "bias"):
+            if f"{src}mlp.gate_proj.{suffix}" in state:
+                gate, up = state.pop(f"{src}mlp.gate_proj.{suffix}"), state.pop(f"{src}mlp.up_proj.{suffix}")
+                out[f"{dst}mlp.linear_fc1.{suffix}"] = torch.cat([gate, up], dim=0)
+            if f"{src}mlp.down_proj.{suffix}" in state:
+                out[f"{dst}mlp.linear_fc2.{suffix}"] = state.pop(f"{src}mlp.down_proj.{suffix}")
+    out["decoder.final_layernorm.weight"] = state.pop("model.norm.weight")
+    if not model_cfg.tie_embeddings:
+        out["output_layer.weight"] = lm_head
+    if state:
+        fail("state", sorted(state)[:5], "keys hf_to_megatron does not know (a Llama / Qwen2 checkpoint expected)")
+    return out
+
+
+def _local_name(key: str) -> str:
+    """TE spec keys (norms fused into the following linear) -> local spec keys."""
+    return (key.replace("self_attention.linear_qkv.layer_norm_weight", "input_layernorm.weight")
+               .replace("mlp.linear_fc1.layer_norm_weight", "pre_mlp_layernorm.weight"))
+
+
+# ---- config.json ---------------------------------------------------------------------------------
+def hf_config(model_cfg: ModelConfig, rope_dict: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """config.json for transformers' LlamaForCausalLM (Qwen2ForCausalLM when only q/k/v have biases).
+
+    rope_dict (default model_cfg.rope; a later phase may use another) goes through `RopeScaling.to_hf`,
+    whose top-level keys win: dynamic NTK sets max_position_embeddings to its original length, the
+    point past which HF starts scaling. `LlamaConfig(**hf_config(...))` builds the model."""
+    from megamid.rope import RopeScaling
+
+    check_llama_like(model_cfg)
+    rope = RopeScaling.from_dict(dict(model_cfg.rope if rope_dict is None else rope_dict),
+                                 head_dim=model_cfg.head_dim)
+    if rope.partial_rotary_factor != 1.0:
+        # Llama and Qwen2 rotate every channel (their default table ignores the factor)
+        fail("rope.partial_rotary_factor", rope.partial_rotary_factor,
+             "LlamaForCausalLM / Qwen2ForCausalLM rotate the whole head; only 1.0 converts")
+    qwen2 = model_cfg.add_qkv_bias and not model_cfg.add_bias_linear
+    out: dict[str, Any] = {
+        "architectures": ["Qwen2ForCausalLM" if qwen2 else "LlamaForCausalLM"],
+        "model_type": "qwen2" if qwen2 else "llama",
+        "vocab_size": model_cfg.vocab_size,
+        "hidden_size": model_cfg.hidden_size,
+        "intermediate_size": model_cfg.ffn_size,
+        "num_hidden_layers": model_cfg.num_layers,
+        "num_attention_heads": model_cfg.num_attention_heads,
+        "num_key_value_heads": model_cfg.query_groups,
+        "max_position_embeddings": model_cfg.max_position_embeddings,
+        "hidden_act": "silu",
+        "rms_norm_eps": model_cfg.norm_epsilon,
+        "tie_word_embeddings": model_cfg.tie_embeddings,
+        "attention_dropout": model_cfg.attention_dropout,
+        "initializer_range": model_cfg.init_method_std,
+        "dtype": _DTYPE_NAMES[model_cfg.dtype],
+    }
+    if not qwen2:
+        out.update(attention_bias=model_cfg.add_bias_linear, mlp_bias=model_cfg.add_bias_linear)
+    out.update(rope.to_hf())
+    return out
+
+
+__all__ = ["check_llama_like", "fuse_qkv", "hf_config", "hf_to_megatron", "megatron_to_hf", "split_qkv"]
