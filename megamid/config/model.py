@@ -52,6 +52,17 @@ class ModelConfig:
                 fail(f"model.{name}", value, "must be in [0, 1)")
         if not isinstance(self.rope, dict) or "type" not in self.rope:
             fail("model.rope", self.rope, "a mapping with a 'type' key, e.g. {type: default, theta: 10000}")
+        self.rope_scaling(self.rope, "model.rope")
+
+    def rope_scaling(self, rope: dict, field: str):
+        """The RopeScaling for `rope` at this model's head dim (validates; errors name `field`)."""
+        from megamid.config.base import ConfigError
+        from megamid.rope import RopeScaling
+
+        try:
+            return RopeScaling.from_dict(dict(rope), head_dim=self.head_dim)
+        except ConfigError as exc:
+            raise ConfigError(f"{field}: {exc}") from None
 
     @property
     def head_dim(self) -> int:

@@ -102,6 +102,8 @@ class RecipeConfig:
                 parallel = build(ParallelConfig, {**to_dict(self.parallel), **spec.parallel}, f"{where}.parallel")
             validate_layout(self.model, parallel, f"{where}.parallel" if spec.parallel else "parallel")
             rope = spec.rope if spec.rope is not None else self.model.rope
+            if spec.rope is not None:
+                self.model.rope_scaling(spec.rope, f"{where}.rope")
             if training.seq_len > self.model.max_position_embeddings and spec.rope is None and not self.phases:
                 fail(f"{where}.seq_len", training.seq_len,
                      f"must be <= model.max_position_embeddings={self.model.max_position_embeddings}")

@@ -100,6 +100,9 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, recompute: 
         bias_dropout_fusion=False,
         cross_entropy_loss_fusion=False,
         deallocate_pipeline_outputs=True,
+        # Batched isend/irecv pairs mismatch over gloo under interleaved 1F1B (micro-batches 3+
+        # differ from PP=1); ordered point-to-point gives exact results.
+        batch_p2p_comm=False,
     )
     if recompute == "full":
         kwargs.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
@@ -121,7 +124,6 @@ def build_gpt_chunks(model: ModelConfig, parallel: ParallelConfig, recompute: st
 
     Megatron's parallel state must be initialised for `parallel` first."""
     from megatron.core import parallel_state
-    from megatron.core.models.gpt import GPTModel
     from megatron.core.transformer.module import Float16Module
 
     from megamid.platform import device
@@ -135,7 +137,7 @@ def build_gpt_chunks(model: ModelConfig, parallel: ParallelConfig, recompute: st
         vp = vp_stage if parallel.virtual_pipeline_model_parallel_size else None
         pre = parallel_state.is_pipeline_first_stage(ignore_virtual=vp is None, vp_stage=vp)
         post = parallel_state.is_pipeline_last_stage(ignore_virtual=vp is None, vp_stage=vp)
-        gpt = GPTModel(
+        gpt = gpt_model_class()(
             config=config,
             transformer_layer_spec=spec,
             vocab_size=model.vocab_size,
@@ -148,7 +150,7 @@ def build_gpt_chunks(model: ModelConfig, parallel: ParallelConfig, recompute: st
             rotary_base=int(rope.get("theta", 10000)),
             vp_stage=vp,
         )
-        attach_rope(gpt, model)
+        set_rope(gpt, model.rope)
         gpt.to(device())
         if model.dtype != "fp32":
             gpt = Float16Module(config, gpt)
@@ -156,12 +158,39 @@ def build_gpt_chunks(model: ModelConfig, parallel: ParallelConfig, recompute: st
     return chunks
 
 
-def attach_rope(gpt, model: ModelConfig) -> None:
-    """Puts megamid's rotary embedding (every scaling method) on a GPTModel, when megamid.rope is present."""
-    try:
-        from megamid.rope import RopeScaling  # noqa: F401
-    except ImportError:
-        return
+_MODEL_CLASS = None
+
+
+def gpt_model_class():
+    """megatron's GPTModel with RoPE taken from each batch's position_ids (packed documents restart
+    at 0), which megatron's own GPTModel ignores."""
+    global _MODEL_CLASS
+    if _MODEL_CLASS is None:
+        from megatron.core.models.gpt import GPTModel
+
+        from megamid.rope.rotary_embedding import PositionIdsRopeMixin
+
+        class MegamidGPTModel(PositionIdsRopeMixin, GPTModel):
+            rope_position_ids = True
+
+        _MODEL_CLASS = MegamidGPTModel
+    return _MODEL_CLASS
+
+
+def set_rope(gpt, rope: dict) -> None:
+    """Puts megamid's rotary embedding for `rope` (any scaling method) on a GPTModel, or switches the
+    one it has to a new scaling (a phase change): every cached cos/sin table is rebuilt and the
+    attention factor is re-bound to the model's TransformerConfig."""
+    from megamid.rope import RopeScaling
+    from megamid.rope.rotary_embedding import ScaledRotaryEmbedding, install_rotary_embedding
+
+    gpt = unwrap(gpt)
+    scaling = RopeScaling.from_dict(dict(rope), head_dim=gpt.config.kv_channels)
+    if isinstance(getattr(gpt, "rotary_pos_emb", None), ScaledRotaryEmbedding):
+        gpt.rotary_pos_emb.set_scaling(scaling)
+        gpt.rotary_pos_emb_cache.clear()
+    else:
+        install_rotary_embedding(gpt, scaling)
 
 
 def wrap_ddp(chunks: list, parallel: ParallelConfig) -> list:

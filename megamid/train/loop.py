@@ -64,6 +64,7 @@ class Trainer:
 
         self.chunks = wrap_ddp(build_gpt_chunks(self.recipe.model, p, phase.training.recompute), p)
         self.layout = layout
+        self._rope = self.recipe.model.rope
         self._build_optimizer(phase)
 
     def _build_optimizer(self, phase: Phase) -> None:
@@ -79,6 +80,16 @@ class Trainer:
         config.finalize_model_grads_func = finalize_model_grads
         no_sync = [c.no_sync for c in self.chunks]
         config.no_sync_func = no_sync[0] if len(no_sync) == 1 else no_sync
+
+    def _apply_rope(self, phase: Phase) -> None:
+        if getattr(self, "_rope", None) == phase.rope:
+            return
+        from megamid.model.builder import set_rope
+
+        for chunk in self.chunks:
+            set_rope(chunk, phase.rope)
+        self._rope = phase.rope
+        self.log(f"rope: {phase.rope}")
 
     def _data(self, phase: Phase):
         from megamid.data.gpt_dataset import GPTSamples
@@ -174,6 +185,15 @@ class Trainer:
             raise ConfigError(f"checkpoint.load={path!r} is invalid: no such checkpoint directory")
         return path, ckpt.read_state(path)["state"]
 
+    def _base_path(self) -> str:
+        base = self.recipe.base
+        if os.path.isfile(os.path.join(base, ckpt.LATEST)):
+            return ckpt.find_latest(base)
+        if not os.path.isfile(os.path.join(base, ckpt.STATE_FILE)):
+            raise ConfigError(f"base={base!r} is invalid: not a megamid checkpoint (expected a directory "
+                              f"with {ckpt.STATE_FILE}, or a checkpoint directory with a 'latest' pointer)")
+        return base
+
     def run(self) -> dict:
         resume = self._resume_point()
         start_phase, start_step, global_step = 0, 0, 0
@@ -195,6 +215,12 @@ class Trainer:
                                      phase.parallel.use_distributed_optimizer)
                 self.log(f"resumed from {resume[0]} (phase {phase.name}, step {start_step})")
                 resume = None
+            elif phase.index == 0 and start_step == 0 and self.recipe.base:
+                base = self._base_path()
+                ckpt.load_checkpoint(base, self.chunks, self.optimizer, phase.parallel.use_distributed_optimizer,
+                                     load_optimizer=False)
+                self.log(f"initialised weights from base checkpoint {base}")
+            self._apply_rope(phase)
             samples = self._data(phase)
             schedule = LRSchedule.from_dict(phase.training.lr, f"phases[{phase.name}].lr")
             self.log(f"phase {phase.name}: {phase.steps} steps x {phase.training.global_batch_size} samples x "
