@@ -91,6 +91,9 @@ class RecipeConfig:
                 training = dataclasses.replace(self.training, **overrides)
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
+            from megamid.optim.schedules import LRSchedule
+
+            LRSchedule.from_dict(training.lr, f"{where}.lr")
             if spec.tokens is not None:
                 steps = -(-spec.tokens // (training.global_batch_size * training.seq_len))
             else:
