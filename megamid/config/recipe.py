@@ -69,6 +69,7 @@ class RecipeConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     data: dict = field(default_factory=dict)
     name: str = "megamid"
+    tokenizer: str = "byte"                  # byte | a sentencepiece .model | a HF tokenizer.json
     base: Optional[str] = None               # a megamid checkpoint to start from (weights only)
     phases: list[PhaseConfig] = field(default_factory=list)
 
@@ -110,7 +111,15 @@ class RecipeConfig:
             if training.seq_len > self.model.max_position_embeddings and spec.rope is None and not self.phases:
                 fail(f"{where}.seq_len", training.seq_len,
                      f"must be <= model.max_position_embeddings={self.model.max_position_embeddings}")
-            phases.append(Phase(i, spec.name, steps, training, parallel, rope,
-                                spec.data if spec.data is not None else self.data, spec.optimizer_state,
+            data = spec.data if spec.data is not None else self.data
+            from megamid.config.data import DataConfig
+
+            if not data:
+                fail(f"{where}.data", data, "a mapping with sources: [{name, prefix, weight}, ...]")
+            try:
+                DataConfig.from_dict(data)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+            phases.append(Phase(i, spec.name, steps, training, parallel, rope, data, spec.optimizer_state,
                                 spec.save_interval or self.checkpoint.save_interval, spec.eval))
         return phases

@@ -47,6 +47,14 @@ class Trainer:
         self.log = log if is_rank0() else (lambda *a, **k: None)
         self.history = []          # one dict per logged step (rank 0 has the values)
         self.chunks = self.optimizer = self.layout = None
+        from megamid.data.tokenizer_files import load_tokenizer
+
+        self.tokenizer = load_tokenizer(recipe.tokenizer)
+        if self.tokenizer.vocab_size > recipe.model.vocab_size:
+            raise ConfigError(f"model.vocab_size={recipe.model.vocab_size} is invalid: the tokenizer "
+                              f"{recipe.tokenizer!r} has {self.tokenizer.vocab_size} tokens")
+        self.data_start = {}       # per-source stream offsets (tokens) at the start of the current phase
+        self.samples = None
 
     # ---- set-up -------------------------------------------------------------------------------
     def _setup_layout(self, phase: Phase) -> None:
@@ -91,20 +99,14 @@ class Trainer:
         self._rope = phase.rope
         self.log(f"rope: {phase.rope}")
 
-    def _data(self, phase: Phase):
-        from megamid.data.gpt_dataset import GPTSamples
-        from megamid.data.tokenizer import ByteTokenizer
+    def _data(self, phase: Phase, start_tokens: dict):
+        from megamid.config.data import DataConfig
+        from megamid.data.mixture_dataset import MixtureDataset
 
-        data = phase.data or {}
-        sources = data.get("sources")
-        if not sources:
-            raise ConfigError(f"phases[{phase.name}].data.sources is missing: list indexed datasets as "
-                              "[{name: ..., prefix: PATH_PREFIX, weight: 1.0}]")
-        prefixes = [s["prefix"] for s in sources]
-        weights = [float(s.get("weight", 1.0)) for s in sources]
-        num_samples = phase.steps * phase.training.global_batch_size
-        return GPTSamples(prefixes, weights, phase.training.seq_len, num_samples, ByteTokenizer(),
-                          seed=int(data.get("seed", phase.training.seed)))
+        return MixtureDataset(DataConfig.from_dict(phase.data), seq_len=phase.training.seq_len,
+                              num_samples=phase.steps * phase.training.global_batch_size,
+                              eod=self.tokenizer.eod, pad=self.tokenizer.pad,
+                              vocab_size=self.recipe.model.vocab_size, seed=None, start_tokens=start_tokens)
 
     def _micro_batches(self, samples, phase: Phase, step: int) -> list:
         from megatron.core import parallel_state as ps
@@ -115,9 +117,13 @@ class Trainer:
         start = step * t.global_batch_size + rank * per_rank
         batches = []
         for m in range(per_rank // t.micro_batch_size):
-            items = [samples[start + m * t.micro_batch_size + j] for j in range(t.micro_batch_size)]
-            batches.append({k: torch.from_numpy(np.stack([it[k] for it in items])).to(device())
-                            for k in ("tokens", "labels", "loss_mask", "position_ids")})
+            batch = samples.get_batch(start + m * t.micro_batch_size, t.micro_batch_size)
+            batch = {k: v.to(device()) for k, v in batch.items()}
+            if phase.parallel.context_parallel_size > 1:
+                from megamid.attention.context_parallel import shard_batch
+
+                batch = shard_batch(batch, ps.get_context_parallel_world_size(), ps.get_context_parallel_rank())
+            batches.append(batch)
         return batches
 
     def _check_batch(self, phase: Phase) -> None:
@@ -163,9 +169,10 @@ class Trainer:
 
     # ---- phases -------------------------------------------------------------------------------
     def _state(self, phase: Phase, phase_step: int, global_step: int) -> dict:
+        consumed = phase_step * phase.training.global_batch_size
         return {"phase": phase.name, "phase_index": phase.index, "phase_step": phase_step,
-                "global_step": global_step,
-                "consumed_samples": phase_step * phase.training.global_batch_size}
+                "global_step": global_step, "consumed_samples": consumed,
+                "data_start": self.data_start, "data_consumed": self.samples.consumed_per_source(consumed)}
 
     def _save(self, phase: Phase, phase_step: int, global_step: int) -> None:
         c = self.recipe.checkpoint
@@ -204,8 +211,10 @@ class Trainer:
                 raise ConfigError(f"checkpoint {resume[0]} was saved in phase {state['phase']!r}, which this "
                                   f"recipe does not have (phases: {', '.join(names)})")
             start_phase, start_step, global_step = names.index(state["phase"]), state["phase_step"], state["global_step"]
+            self.data_start = state.get("data_start", {})
             if start_step >= self.phases[start_phase].steps:
                 start_phase, start_step = start_phase + 1, 0
+                self.data_start = state.get("data_consumed", {})
         launched = 0
         for phase in self.phases[start_phase:]:
             self._setup_layout(phase)
@@ -221,7 +230,7 @@ class Trainer:
                                      load_optimizer=False)
                 self.log(f"initialised weights from base checkpoint {base}")
             self._apply_rope(phase)
-            samples = self._data(phase)
+            samples = self.samples = self._data(phase, self.data_start)
             schedule = LRSchedule.from_dict(phase.training.lr, f"phases[{phase.name}].lr")
             self.log(f"phase {phase.name}: {phase.steps} steps x {phase.training.global_batch_size} samples x "
                      f"{phase.training.seq_len} tokens")
@@ -247,6 +256,12 @@ class Trainer:
                 final = step + 1 == phase.steps and self.recipe.checkpoint.save_final
                 if final or (phase.save_interval and (step + 1) % phase.save_interval == 0):
                     self._save(phase, step + 1, global_step)
+                if phase.eval and (step + 1 == phase.steps or (phase.eval.get("interval")
+                                                               and (step + 1) % phase.eval["interval"] == 0)):
+                    from megamid.eval.in_loop import evaluate_phase
+
+                    evaluate_phase(self, phase, step + 1)
+            self.data_start = samples.consumed_per_source(phase.steps * phase.training.global_batch_size)
             start_step = 0
         return {"global_step": global_step, "history": self.history, "finished": True}
 

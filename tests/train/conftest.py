@@ -23,7 +23,7 @@ TINY = {
 def corpus(tmp_path_factory):
     """A synthetic indexed corpus (byte tokens), written once per session in a subprocess."""
     prefix = str(tmp_path_factory.mktemp("corpus") / "syn")
-    code = ("from megamid.data.gpt_dataset import write_synthetic_corpus;"
+    code = ("from megamid.data.synthetic import write_synthetic_corpus;"
             "from megamid.data.tokenizer import ByteTokenizer;"
             f"write_synthetic_corpus({prefix!r}, ByteTokenizer(), 400, 0)")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,10 +1,6 @@
-"""The training loop's data seam over megatron-core's indexed datasets and GPTDataset.
-
-`GPTSamples(prefixes, weights, seq_len, num_samples, tokenizer, seed)[i]` is sample i of a run: a
-dict of `tokens`, `labels`, `loss_mask`, `position_ids` (numpy). It is a pure function of the
-arguments and i, so resuming at step k reads samples k * global_batch onwards, nothing more to save.
-`write_indexed` / `write_synthetic_corpus` make `.bin/.idx` files (the real preparation pipeline is
-`megamid data prepare`).
+"""Small indexed datasets written directly: `write_indexed` (token-id documents to megatron's
+`.bin/.idx`) and `write_synthetic_corpus` (learnable arithmetic/counting texts for tests). The real
+preparation pipeline is `megamid data prepare`; the trainer reads through megamid.data.mixture_dataset.
 """
 
 import os
@@ -60,38 +56,3 @@ def check_prefix(prefix: str, field: str) -> None:
             raise ConfigError(f"{field}={prefix!r} is invalid: {prefix + ext} does not exist "
                               f"(an indexed dataset is a PREFIX.bin + PREFIX.idx pair; make one with "
                               f"`megamid data prepare`)")
-
-
-class GPTSamples:
-    """Random access to the samples of a weighted blend of indexed datasets (megatron-core GPTDataset)."""
-
-    def __init__(self, prefixes, weights, seq_len: int, num_samples: int, tokenizer, seed: int):
-        from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
-        from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
-
-        for i, prefix in enumerate(prefixes):
-            check_prefix(prefix, f"data.sources.{i}.prefix")
-        blend = (list(prefixes), [float(w) for w in weights] if len(prefixes) > 1 else None)
-        config = GPTDatasetConfig(
-            random_seed=seed,
-            sequence_length=seq_len,
-            blend=blend,
-            split="1,0,0",
-            tokenizer=tokenizer,
-            reset_position_ids=False,
-            reset_attention_mask=False,
-            eod_mask_loss=False,
-            create_attention_mask=False,
-            mmap_bin_files=True,
-        )
-        train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [num_samples, 0, 0], lambda: True,
-                                                    config).build()
-        self.dataset = train
-        self.seq_len = seq_len
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict:
-        item = self.dataset[index]
-        return {k: np.asarray(item[k]) for k in ("tokens", "labels", "loss_mask", "position_ids")}
