@@ -1,0 +1,185 @@
+"""Megatron-Core model chunks as a `megamid.eval.protocol.LanguageModel`, and checkpoint loading for eval.
+
+`MegatronLM(chunks)` runs a forward-only pass through megatron's pipeline schedule under whatever
+TP/PP(/VPP) layout the chunks were built for (the trainer's own chunks, DDP-wrapped or not). The last
+pipeline stage gathers the vocab-parallel logits across TP (or computes per-token log-probs with
+megatron's vocab-parallel cross entropy, which never builds [b, s, V] at all), then broadcasts them
+over the pipeline group, so every rank returns the same tensor. Every rank must make the same calls.
+
+`load_for_eval(CKPT)` builds the model of a `megamid train` checkpoint in a world of one process
+(or as data-parallel replicas under torchrun), with the rope its phase trained with.
+"""
+
+import contextlib
+import os
+from functools import partial
+from typing import List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+
+from megamid.config.base import ConfigError
+from megamid.platform import device
+
+
+def _forward_step(data_iterator, model):
+    batch = next(data_iterator)
+    output = model(batch["tokens"], batch["position_ids"], None, labels=batch.get("labels"))
+    return output, partial(_last_stage_output, batch["keep"])
+
+
+def _last_stage_output(keep: Tuple[int, int, bool], output_tensor: torch.Tensor, non_loss_data: bool = False):
+    """On the last stage: positions [lo, hi) of [b, s, V/tp] logits gathered over TP, or of [b, s] losses."""
+    from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
+
+    lo, hi, is_logits = keep
+    out = output_tensor[:, lo:hi]
+    if is_logits:
+        out = gather_from_tensor_model_parallel_region(out.contiguous())
+    return out.float()
+
+
+class MegatronLM:
+    """LanguageModel over megatron GPTModel chunks (this rank's virtual stages, in order).
+
+    max_batch: sequences per forward; positions are 0..s-1 (megamid's models take RoPE from position_ids)."""
+
+    def __init__(self, chunks: list, max_batch: int = 4):
+        from megatron.core import parallel_state as ps
+
+        from megamid.model import unwrap
+
+        if ps.get_context_parallel_world_size() > 1:
+            raise ConfigError(f"context_parallel_size={ps.get_context_parallel_world_size()} is not supported "
+                              "by megamid.model.inference.MegatronLM yet: evaluate with context_parallel_size=1")
+        if max_batch < 1:
+            raise ValueError(f"max_batch={max_batch} is invalid: must be >= 1")
+        self.chunks = list(chunks)
+        self.max_batch = int(max_batch)
+        self.device = device()
+        gpt = unwrap(self.chunks[-1])
+        self.config = gpt.config
+        self.vocab_size = gpt.vocab_size
+
+    # ---- LanguageModel ------------------------------------------------------------------------
+    def logits(self, tokens: torch.LongTensor, last_n: Optional[int] = None) -> torch.Tensor:
+        """[b, s] -> [b, s, V] float (or the last `last_n` positions), identical on every rank."""
+        s = tokens.shape[1]
+        n = s if last_n is None else max(1, min(int(last_n), s))
+        return self._run(tokens, (s - n, s, True), labels=None, width=self.vocab_size)
+
+    def token_logprobs(self, tokens: torch.LongTensor) -> torch.Tensor:
+        """log p(tokens[:, t] | tokens[:, :t]) for t >= 1: [b, s] -> [b, s - 1] float, identical on every rank."""
+        s = tokens.shape[1]
+        labels = torch.zeros_like(tokens)
+        labels[:, :-1] = tokens[:, 1:]  # the last position predicts nothing scored
+        return -self._run(tokens, (0, s - 1, False), labels=labels, width=None)
+
+    # ---- forward ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _eval_mode(self):
+        modes = [c.training for c in self.chunks]
+        for c in self.chunks:
+            c.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            for c, mode in zip(self.chunks, modes):
+                c.train(mode)
+
+    def _run(self, tokens: torch.LongTensor, keep: Tuple[int, int, bool], labels, width: Optional[int]) -> torch.Tensor:
+        from megatron.core import parallel_state as ps
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        tokens = torch.as_tensor(tokens, dtype=torch.long).to(self.device)
+        b, s = tokens.shape
+        pad_to = s
+        if self.config.sequence_parallel:
+            # Sequence parallelism splits positions over TP; right padding never changes a causal prefix.
+            tp = ps.get_tensor_model_parallel_world_size()
+            pad_to = -(-s // tp) * tp
+        pp = ps.get_pipeline_model_parallel_world_size()
+        # The interleaved schedule needs at least PP micro-batches: pad with copies of the last row.
+        num_micro = pp if len(self.chunks) > 1 else 1
+        micro = -(-b // num_micro)
+        rows = micro * num_micro
+        if rows > b or pad_to > s:
+            tokens = torch.nn.functional.pad(tokens, (0, pad_to - s), value=0)
+            tokens = torch.cat([tokens, tokens[-1:].expand(rows - b, -1)])
+            if labels is not None:
+                labels = torch.nn.functional.pad(labels.to(self.device), (0, pad_to - s), value=0)
+                labels = torch.cat([labels, labels[-1:].expand(rows - b, -1)])
+        position_ids = torch.arange(pad_to, device=self.device).unsqueeze(0).expand(micro, -1)
+        batches = []
+        for m in range(num_micro):
+            batch = {"tokens": tokens[m * micro : (m + 1) * micro], "position_ids": position_ids, "keep": keep}
+            if labels is not None:
+                batch["labels"] = labels[m * micro : (m + 1) * micro].to(self.device)
+            batches.append(batch)
+        with self._eval_mode():
+            iterators = [iter(batches) for _ in self.chunks]
+            outputs = get_forward_backward_func()(
+                forward_step_func=_forward_step,
+                data_iterator=iterators if len(iterators) > 1 else iterators[0],
+                model=self.chunks if len(self.chunks) > 1 else self.chunks[0],
+                num_microbatches=num_micro,
+                seq_length=pad_to,
+                micro_batch_size=micro,
+                forward_only=True,
+                collect_non_loss_data=True,
+            )
+        n = keep[1] - keep[0]
+        shape = (rows, n) if width is None else (rows, n, width)
+        if ps.is_pipeline_last_stage(ignore_virtual=True):
+            out = torch.cat(list(outputs)).contiguous()
+            assert tuple(out.shape) == shape, (tuple(out.shape), shape)
+        else:
+            out = torch.empty(shape, dtype=torch.float32, device=self.device)
+        if pp > 1:
+            dist.broadcast(out, src=ps.get_pipeline_model_parallel_last_rank(),
+                           group=ps.get_pipeline_model_parallel_group())
+        return out[:b]
+
+
+def _checkpoint_path(path: str) -> str:
+    from megamid.train import checkpoint as ckpt
+
+    if os.path.isfile(os.path.join(path, ckpt.LATEST)):
+        return ckpt.find_latest(path)
+    if not os.path.isfile(os.path.join(path, ckpt.STATE_FILE)):
+        raise FileNotFoundError(f"{path!r} is not a megamid checkpoint: expected {ckpt.STATE_FILE} in it, "
+                                f"or a checkpoint directory with a '{ckpt.LATEST}' pointer")
+    return path
+
+
+def load_for_eval(ckpt_path: str, max_batch: int = 4):
+    """(MegatronLM, tokenizer) for a checkpoint written by `megamid train` (an iter_N dir or its parent
+    with `latest`). Builds the recipe's model unsharded (TP=PP=1, any saved layout reshards on load)
+    with the rope of the phase the checkpoint was saved in."""
+    from megamid.config import RecipeConfig, build
+    from megamid.config.parallel import ParallelConfig
+    from megamid.data.tokenizer_files import load_tokenizer
+    from megamid.model import build_gpt_chunks
+    from megamid.model.builder import set_rope
+    from megamid.platform import Layout, init_model_parallel, set_seed
+    from megamid.train import checkpoint as ckpt
+
+    path = _checkpoint_path(ckpt_path)
+    meta = ckpt.read_state(path)
+    recipe = build(RecipeConfig, meta["config"])
+    phase_name = meta["state"]["phase"]
+    phases = {p.name: p for p in recipe.resolved_phases()}
+    if phase_name not in phases:
+        raise ConfigError(f"checkpoint {path} was saved in phase {phase_name!r}, which its recipe does not "
+                          f"have (phases: {', '.join(phases)})")
+    init_model_parallel(Layout())
+    set_seed(recipe.training.seed)
+    chunks = build_gpt_chunks(recipe.model, ParallelConfig())
+    for chunk in chunks:
+        set_rope(chunk, phases[phase_name].rope)
+    ckpt.load_checkpoint(path, chunks, None, False, load_optimizer=False)
+    return MegatronLM(chunks, max_batch=max_batch), load_tokenizer(recipe.tokenizer)
+
+
+__all__: List[str] = ["MegatronLM", "load_for_eval"]
