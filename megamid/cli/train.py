@@ -1,6 +1,7 @@
 """megamid train RECIPE.yaml [key.sub=value ...]   (torchrun --nproc-per-node N ... for several processes)
 
 Runs every phase of the recipe, or resumes from CHECKPOINT_DIR/latest where a checkpoint exists.
+Branch anneals: megamid train RECIPE --from-phase anneal --branch mix-b (own directory, same start).
 """
 
 import sys
@@ -11,6 +12,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. training.train_steps=100")
     parser.add_argument("--exit-after-steps", type=int, default=None,
                         help="save and stop after this many steps of this launch (a relaunch resumes)")
+    parser.add_argument("--from-phase", default=None,
+                        help="branch anneal: start at this phase from the main run's checkpoint at the end of the "
+                             "phase before it (with --branch)")
+    parser.add_argument("--branch", default=None,
+                        help="branch label: checkpoints go to CHECKPOINT_DIR/branches/LABEL (with --from-phase)")
 
 
 def run(args) -> int:
@@ -21,7 +27,8 @@ def run(args) -> int:
     from megamid.train.loop import Trainer
 
     try:
-        result = Trainer(recipe, exit_after_steps=args.exit_after_steps).run()
+        result = Trainer(recipe, exit_after_steps=args.exit_after_steps, from_phase=args.from_phase,
+                         branch=args.branch).run()
     finally:
         shutdown()
     print(f"done: {result['global_step']} steps{'' if result['finished'] else ' (stopped early; relaunch to resume)'}",

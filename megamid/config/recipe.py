@@ -120,6 +120,11 @@ class RecipeConfig:
                 DataConfig.from_dict(data)
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
+            if phases and phases[-1].parallel != parallel and spec.optimizer_state == "carry" and (
+                    parallel.use_distributed_optimizer or phases[-1].parallel.use_distributed_optimizer):
+                fail(f"{where}.optimizer_state", "carry", "the parallel layout changes at this phase and the "
+                     "distributed optimizer's state reshards only across data parallelism: use "
+                     "optimizer_state: reset, or use_distributed_optimizer: false on both sides")
             phases.append(Phase(i, spec.name, steps, training, parallel, rope, data, spec.optimizer_state,
                                 spec.save_interval or self.checkpoint.save_interval, spec.eval))
         return phases

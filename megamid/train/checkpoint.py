@@ -49,6 +49,19 @@ def find_latest(ckpt_dir: str):
     return path
 
 
+def find_phase_end(ckpt_dir: str, phase: str, phase_steps: int):
+    """The complete checkpoint saved at the last step of `phase` in ckpt_dir, or None."""
+    if not os.path.isdir(ckpt_dir):
+        return None
+    for name in sorted(os.listdir(ckpt_dir), reverse=True):
+        path = os.path.join(ckpt_dir, name)
+        if _ITER_RE.match(name) and os.path.isfile(os.path.join(path, STATE_FILE)):
+            state = read_state(path)["state"]
+            if state.get("phase") == phase and state.get("phase_step") == phase_steps:
+                return path
+    return None
+
+
 def read_state(path: str) -> dict:
     state_path = os.path.join(path, STATE_FILE)
     if not os.path.isfile(state_path):
