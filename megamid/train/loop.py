@@ -37,8 +37,14 @@ def _loss_func(batch: dict, num_sources: int, output_tensor: torch.Tensor):
 
 
 def _forward_step(data_iterator, model, num_sources: int = 1):
+    from megatron.core import parallel_state as ps
+
+    from megamid.attention import packed_seq_params
+
     batch = next(data_iterator)
-    output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+    # packed rows (cu_seqlens): megamid's attention masks across documents (None without them)
+    packed = packed_seq_params(batch, ps.get_context_parallel_world_size())
+    output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"], packed_seq_params=packed)
     return output, partial(_loss_func, batch, num_sources)
 
 
@@ -82,9 +88,6 @@ class Trainer:
         p = phase.parallel
         layout = Layout(p.tensor_model_parallel_size, p.pipeline_model_parallel_size,
                         p.virtual_pipeline_model_parallel_size, p.context_parallel_size)
-        if p.context_parallel_size > 1:
-            raise ConfigError(f"parallel.context_parallel_size={p.context_parallel_size} is not supported yet: "
-                              "megatron-core's context parallelism needs Transformer Engine attention")
         if layout == self.layout:
             return
         init_model_parallel(layout)
