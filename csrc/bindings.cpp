@@ -4,7 +4,9 @@
 #include <pybind11/pybind11.h>
 
 #include <stdexcept>
+#include <type_traits>
 
+#include "attention/attention_merge.h"
 #include "data/mixture_index.h"
 #include "packing/doc_positions.h"
 
@@ -47,6 +49,34 @@ static py::tuple mixture_index(I64Array knot_samples, F64Array knot_shares, int6
   return py::make_tuple(source_index, source_sample_index, counts);
 }
 
+template <typename T>
+using FloatArray = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
+// out1, out2 [rows, dim]; lse1, lse2 [rows] of one float type (float32 or float64).
+template <typename T>
+static py::tuple attention_merge(FloatArray<T> out1, FloatArray<T> lse1, FloatArray<T> out2,
+                                 FloatArray<T> lse2) {
+  if (out1.ndim() != 2 || out2.ndim() != 2 || lse1.ndim() != 1 || lse2.ndim() != 1)
+    throw std::invalid_argument("attention_merge: out1, out2 must be 2-D [rows, dim], lse1, lse2 1-D [rows]");
+  const int64_t rows = out1.shape(0), dim = out1.shape(1);
+  if (out2.shape(0) != rows || out2.shape(1) != dim || lse1.shape(0) != rows || lse2.shape(0) != rows)
+    throw std::invalid_argument("attention_merge: shapes disagree (need out [rows, dim], lse [rows])");
+  py::array_t<T> out({rows, dim});
+  py::array_t<T> lse(rows);
+  int rc;
+  {
+    py::gil_scoped_release release;
+    if constexpr (std::is_same_v<T, float>)
+      rc = megamid_attention_merge_f32(out1.data(), lse1.data(), out2.data(), lse2.data(), rows, dim,
+                                       out.mutable_data(), lse.mutable_data());
+    else
+      rc = megamid_attention_merge_f64(out1.data(), lse1.data(), out2.data(), lse2.data(), rows, dim,
+                                       out.mutable_data(), lse.mutable_data());
+  }
+  if (rc != MEGAMID_MERGE_OK) throw std::invalid_argument("attention_merge: bad argument");
+  return py::make_tuple(out, lse);
+}
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "megamid CPU helpers";
   m.def("doc_positions", &doc_positions, py::arg("tokens"), py::arg("eod"),
@@ -54,4 +84,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("mixture_index", &mixture_index, py::arg("knot_samples"), py::arg("knot_shares"),
         py::arg("num_samples"),
         "(source_index int16, source_sample_index int64, counts) of a piecewise-linear blend.");
+  // float32 first: with exact dtypes pybind11 picks the matching overload without converting.
+  m.def("attention_merge", &attention_merge<float>, py::arg("out1"), py::arg("lse1"), py::arg("out2"),
+        py::arg("lse2"),
+        "(out, lse) merging two partial attention results over disjoint keys (log-sum-exp weights).");
+  m.def("attention_merge", &attention_merge<double>, py::arg("out1"), py::arg("lse1"), py::arg("out2"),
+        py::arg("lse2"));
 }

@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "attention/attention_merge_cuda.h"
 #include "rope/rope.h"
 
 namespace py = pybind11;
@@ -111,6 +112,21 @@ void rope_fused_qkv(int dtype, int64_t seq_len, int64_t batch, int64_t head_dim,
   raise_on_error(status);
 }
 
+void attention_merge(int dtype, uintptr_t out1, uintptr_t lse1, uintptr_t out2, uintptr_t lse2, int64_t rows,
+                     int64_t dim, uintptr_t out, uintptr_t lse, uintptr_t stream) {
+  int status;
+  {
+    py::gil_scoped_release release;
+    status = megamid_attention_merge_cuda(dtype, ptr<const void>(out1), ptr<const float>(lse1),
+                                          ptr<const void>(out2), ptr<const float>(lse2), rows, dim,
+                                          ptr<void>(out), ptr<float>(lse), reinterpret_cast<cudaStream_t>(stream));
+  }
+  if (status == MEGAMID_MERGE_OK) return;
+  const std::string msg = std::string("megamid attention_merge: ") + megamid_attention_merge_error_string(status);
+  if (status == MEGAMID_MERGE_BAD_ARGUMENT) throw py::value_error(msg);
+  throw std::runtime_error(msg);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
@@ -135,4 +151,8 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("k_stride"), py::arg("v"), py::arg("v_stride"), py::arg("stream"),
         "Split Megatron's fused QKV [s, b, g, (hq/g + 2) * d] into rotated q, k and v (backward: the "
         "reverse) in one launch.");
+  m.def("attention_merge", &attention_merge, py::arg("dtype"), py::arg("out1"), py::arg("lse1"),
+        py::arg("out2"), py::arg("lse2"), py::arg("rows"), py::arg("dim"), py::arg("out"), py::arg("lse"),
+        py::arg("stream"),
+        "Merge two partial attention results (contiguous [rows, dim] outputs, float32 [rows] log-sum-exps).");
 }

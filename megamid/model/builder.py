@@ -60,6 +60,8 @@ def validate_layout(model: ModelConfig, parallel: ParallelConfig, where: str = "
 def transformer_config(model: ModelConfig, parallel: ParallelConfig, recompute: str = "none"):
     from megatron.core.transformer.transformer_config import TransformerConfig
 
+    from megamid.attention import CP_COMM_TYPE
+
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[model.dtype]
     on_cpu = not torch.cuda.is_available()
     kwargs = dict(
@@ -73,6 +75,7 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, recompute: 
         pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
         context_parallel_size=parallel.context_parallel_size,
+        cp_comm_type=CP_COMM_TYPE[parallel.cp_comm],   # read by TE's and megamid's attention alike
         sequence_parallel=parallel.sequence_parallel,
         normalization=model.normalization,
         layernorm_epsilon=model.norm_epsilon,
@@ -112,11 +115,15 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, recompute: 
 
 
 def layer_spec(model: ModelConfig, backend: str):
+    """megatron's layer spec for `backend`, its core attention picked by MEGAMID_ATTENTION (megamid's
+    SDPA/FlexAttention with context parallelism wherever TE's is not used; see megamid.attention)."""
     from megatron.core.models.gpt import gpt_layer_specs
 
+    from megamid.attention import with_core_attention
+
     if backend == "te":
-        return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
-    return gpt_layer_specs.get_gpt_layer_local_spec(normalization=model.normalization)
+        return with_core_attention(gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(), backend)
+    return with_core_attention(gpt_layer_specs.get_gpt_layer_local_spec(normalization=model.normalization), backend)
 
 
 def build_gpt_chunks(model: ModelConfig, parallel: ParallelConfig, recompute: str = "none") -> list:

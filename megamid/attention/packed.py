@@ -1,0 +1,45 @@
+"""Document masking for packed rows: the PackedSeqParams the trainer passes when a batch has cu_seqlens.
+
+Rows stay in megatron's sbhd layout ([s, b, ...], CP-sharded along s); `qkv_format="sbhd"` keeps
+megatron's attention and RoPE on their unpacked paths, and megamid's core attention reads
+`document_ids` (computed once per micro-batch, for the global sequence) to mask across documents.
+`cu_seqlens_q/kv` stay the global boundaries over the rows concatenated (row r starts at r * S).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from megatron.core.packed_seq_params import PackedSeqParams
+from torch import Tensor
+
+from megamid.attention.local import document_ids
+
+
+@dataclass
+class DocumentPackedSeqParams(PackedSeqParams):
+    document_ids: Tensor = None   # int64 [b, S]: document index of every token of the global rows
+
+
+def packed_seq_params(batch: dict, cp_size: int = 1):
+    """DocumentPackedSeqParams for a (possibly CP-sharded) micro-batch with `cu_seqlens`, else None.
+
+    Raises under Transformer Engine attention, whose document masking needs the thd layout."""
+    cu = batch.get("cu_seqlens")
+    if cu is None:
+        return None
+    from megamid.attention.backend import attention_backend
+
+    if attention_backend() == "te":
+        raise NotImplementedError("packed documents (data.pack: true) with Transformer Engine attention need the "
+                                  "thd layout, which megamid does not build yet: set MEGAMID_ATTENTION=megamid")
+    if attention_backend() == "megatron":
+        raise NotImplementedError("megatron's DotProductAttention cannot mask documents (data.pack: true): "
+                                  "unset MEGAMID_ATTENTION or set it to megamid")
+    b, s_local = batch["tokens"].shape
+    seq_len = s_local * cp_size
+    return DocumentPackedSeqParams(qkv_format="sbhd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=seq_len,
+                                   max_seqlen_kv=seq_len, document_ids=document_ids(cu, b, seq_len))
+
+
+__all__ = ["DocumentPackedSeqParams", "packed_seq_params"]
