@@ -227,6 +227,13 @@ def _check_files(recipe: RecipeConfig, phases: list, problems: list, hints: list
     if missing_any:
         hints.append(f"relative data prefixes are read from the working directory {os.getcwd()}; "
                         "build indexed datasets with `megamid data prepare`")
+    for phase in phases:
+        for key in ("documents", "short_documents"):
+            path = (phase.eval or {}).get(key)
+            if isinstance(path, str) and not (os.path.isfile(path) or all(
+                    os.path.isfile(path + ext) for ext in (".bin", ".idx"))):
+                problems.append(f"phases[{phase.name}].eval.{key}={path!r} is invalid: no .npy/.npz file or "
+                                "indexed dataset (.bin/.idx) there")
     if recipe.tokenizer != "byte" and not os.path.exists(recipe.tokenizer):
         problems.append(f"tokenizer={recipe.tokenizer!r} is invalid: no such file; valid: 'byte', a "
                         "sentencepiece .model, or a HF tokenizer.json (or its folder)")
@@ -309,6 +316,13 @@ def plan_recipe(recipe: RecipeConfig, world_size: Optional[int] = None, check_fi
         dp = _check_layout(recipe, phase, world_size, problems)
         _check_rope(where, recipe, phase, problems)
         _check_budget(recipe, phase, spec, problems)
+        if phase.eval is not None:
+            from megamid.eval.in_loop import check_eval_config  # pure: no torch
+
+            try:
+                check_eval_config(phase.name, phase.eval)
+            except ConfigError as exc:
+                problems.append(str(exc))
         if spec is not None and spec.tokens is not None and phase.steps * phase.tokens_per_step > spec.tokens * 1.01:
             notes.append(f"{where}.tokens={spec.tokens} rounds up to {phase.steps} steps = "
                          f"{phase.steps * phase.tokens_per_step} tokens")
