@@ -64,7 +64,8 @@ class Trainer:
             raise ConfigError(f"--branch {branch!r} is invalid: a plain name for the branch's directory")
         self.from_phase, self.branch = from_phase, branch
         self.ckpt_dir = (os.path.join(recipe.checkpoint.dir, "branches", branch) if branch else recipe.checkpoint.dir)
-        self.last_lr = None
+        self.last_lr = None            # the LR of the last step taken
+        self.phase_start_lr = None     # the LR the current phase started from
         self.last_save = None
         self.phases = recipe.resolved_phases()
         self.log = log if is_rank0() else (lambda *a, **k: None)
@@ -235,7 +236,7 @@ class Trainer:
         consumed = phase_step * phase.training.global_batch_size
         return {"phase": phase.name, "phase_index": phase.index, "phase_step": phase_step,
                 "phase_steps": phase.steps, "global_step": global_step, "consumed_samples": consumed,
-                "lr": self.last_lr, "data_start": self.data_start,
+                "lr": self.last_lr, "phase_start_lr": self.phase_start_lr, "data_start": self.data_start,
                 "data_consumed": self.samples.consumed_per_source(consumed)}
 
     def _save(self, phase: Phase, phase_step: int, global_step: int) -> str:
@@ -318,10 +319,10 @@ class Trainer:
     def _schedule(self, phase: Phase) -> LRSchedule:
         schedule = LRSchedule.from_dict(phase.training.lr, f"phases[{phase.name}].lr")
         if schedule.needs_checkpoint_lr:
-            if self.last_lr is None:
+            if self.phase_start_lr is None:
                 raise ConfigError(f"phases[{phase.name}].lr.start_lr=from_checkpoint needs an earlier phase or a "
                                   "resumed checkpoint to take the LR from; this phase starts fresh")
-            schedule = schedule.resolve(self.last_lr)
+            schedule = schedule.resolve(self.phase_start_lr)
         return schedule
 
     def run(self) -> dict:
@@ -338,9 +339,12 @@ class Trainer:
             start_phase, start_step, self.global_step = names.index(state["phase"]), state["phase_step"], state["global_step"]
             self.data_start = state.get("data_start", {})
             self.last_lr = state.get("lr")
+            # The LR this phase started from (what start_lr: from_checkpoint resolves to), kept on a mid-phase resume.
+            self.phase_start_lr = state.get("phase_start_lr") if start_step > 0 else self.last_lr
             if start_step >= self.phases[start_phase].steps:
                 start_phase, start_step = start_phase + 1, 0
                 self.data_start = state.get("data_consumed", {})
+                self.phase_start_lr = self.last_lr
         launched = 0
         previous = self.phases[start_phase - 1] if resume and start_phase > 0 and start_step == 0 else None
         for phase in self.phases[start_phase:]:
@@ -374,5 +378,5 @@ class Trainer:
 
                     evaluate_phase(self, phase, step + 1)
             self.data_start = samples.consumed_per_source(phase.steps * phase.training.global_batch_size)
-            previous, start_step = phase, 0
+            previous, start_step, self.phase_start_lr = phase, 0, self.last_lr
         return {"global_step": self.global_step, "history": self.history, "finished": True}

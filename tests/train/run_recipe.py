@@ -1,8 +1,9 @@
-"""python tests/train/run_recipe.py OUT_DIR RECIPE [key=value ...] [--exit-after-steps N] [--layout k=v,k=v ...]
+"""python tests/train/run_recipe.py OUT_DIR RECIPE [key=value ...] [--exit-after-steps N] [--layout k=v;k=v ...]
 
-Test driver (also under torchrun): trains RECIPE once per --layout (each a comma-separated list of
+Test driver (also under torchrun): trains RECIPE once per --layout (each a ';'-separated list of
 overrides applied on top of the others, in this one launch), and writes OUT_DIR/result.json (rank 0:
-losses per layout) and OUT_DIR/weights_<layout>_rank<r>.pt (this rank's model chunks).
+losses per layout), OUT_DIR/history_<i>.json (rank 0: every step's metrics) and
+OUT_DIR/weights_<i>_rank<r>.pt (this rank's model chunks).
 """
 
 import argparse
@@ -24,16 +25,22 @@ def main():
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--exit-after-steps", type=int)
     parser.add_argument("--layout", action="append", default=None)
+    parser.add_argument("--from-phase")
+    parser.add_argument("--branch")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     rank = int(os.environ.get("RANK", 0))
     results = {}
     for i, layout in enumerate(args.layout or [""]):
-        extra = [kv for kv in layout.split(",") if kv]
+        extra = [kv for kv in layout.split(";") if kv]
         recipe = load_recipe(args.recipe, args.overrides + extra)
-        trainer = Trainer(recipe, log=lambda *a, **k: None, exit_after_steps=args.exit_after_steps)
+        trainer = Trainer(recipe, log=lambda *a, **k: None, exit_after_steps=args.exit_after_steps,
+                          from_phase=args.from_phase, branch=args.branch)
         out = trainer.run()
         results[layout or "default"] = [h["loss"] for h in out["history"]]
+        if rank == 0:
+            with open(os.path.join(args.out, f"history_{i}.json"), "w") as f:
+                json.dump(out["history"], f)
         weights = [{k: v.detach().clone() for k, v in unwrap(c).state_dict().items() if torch.is_tensor(v)}
                    for c in trainer.chunks]
         torch.save(weights, os.path.join(args.out, f"weights_{i}_rank{rank}.pt"))

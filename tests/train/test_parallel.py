@@ -13,7 +13,7 @@ from conftest import load_result, run
 LAYOUTS = {
     "parallel.tensor_model_parallel_size=2": 2e-6,
     "parallel.pipeline_model_parallel_size=2": 2e-6,
-    "parallel.pipeline_model_parallel_size=2,parallel.virtual_pipeline_model_parallel_size=2": 2e-6,
+    "parallel.pipeline_model_parallel_size=2;parallel.virtual_pipeline_model_parallel_size=2": 2e-6,
     "parallel.use_distributed_optimizer=false": 2e-6,   # DP=2 (the world of 2 left to data parallelism)
 }
 
@@ -30,9 +30,30 @@ def test_layouts_match_single_process(tmp_path, recipe_file):
         args += ["--layout", layout]
     run(tmp_path / "two", recipe, *args, nproc=2)
     results = load_result(tmp_path / "two")
+    import json
+
+    history = json.load(open(tmp_path / "two" / f"history_{len(LAYOUTS) - 1}.json"))
+    assert history[-1]["gns"] is not None and history[-1]["gns"] > 0  # DP=2 gives a noise-scale estimate
     assert len(baseline) == 4 and baseline[-1] < baseline[0]
     for layout, rtol in LAYOUTS.items():
         losses = results[layout]
         assert len(losses) == len(baseline), layout
         for step, (got, want) in enumerate(zip(losses, baseline)):
             assert abs(got - want) <= rtol * abs(want), (layout, step, got, want)
+
+
+PHASES = "phases=[{name: a, steps: 2}, {name: b, steps: 2%s}]"
+
+
+@pytest.mark.slow
+def test_layout_change_between_phases_reshards_exactly(tmp_path, recipe_file):
+    """Phase a runs DP=2, phase b TP=2 (rebuilt, resharded reload of a's weights and Adam state);
+    the same two phases at DP=2 throughout give the same losses."""
+    recipe = recipe_file(training={"lr": {"style": "constant", "peak_lr": 1.0e-3}})
+    changed = PHASES % ", parallel: {tensor_model_parallel_size: 2}"
+    run(tmp_path / "two", recipe, "--layout", PHASES % "", "--layout", changed, nproc=2)
+    results = load_result(tmp_path / "two")
+    same, moved = results[PHASES % ""], results[changed]
+    assert len(same) == len(moved) == 4
+    for step, (got, want) in enumerate(zip(moved, same)):
+        assert abs(got - want) <= 2e-6 * abs(want), (step, got, want)
