@@ -39,7 +39,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--documents", help="held-out token ids for ppl/short: .npy, .npz or an indexed dataset prefix")
     parser.add_argument("--short-documents", help="documents for the short-context check (default: --documents)")
     parser.add_argument("--short-length", type=int, default=512, help="tokens per short document (default: 512)")
-    parser.add_argument("--max-documents", type=int, default=None, help="use at most this many documents")
+    parser.add_argument("--max-documents", type=int, default=None,
+                        help="use at most this many documents (per length: from an indexed prefix, the last ones long enough)")
     parser.add_argument("--baseline", metavar="CKPT", help="checkpoint to compare short-document perplexity against")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="output directory (default: CKPT/eval)")
@@ -56,7 +57,7 @@ def _load(ckpt: str):
 
 
 def run(args) -> int:
-    from megamid.eval.perplexity import load_documents
+    from megamid.eval.in_loop import read_documents
     from megamid.eval.runner import TASK_NAMES, evaluate
 
     unknown = [t for t in args.tasks if t not in TASK_NAMES]
@@ -66,19 +67,27 @@ def run(args) -> int:
         raise CommandError("--tasks ppl/short need --documents (held-out token ids: .npy, .npz or an indexed dataset prefix)")
     if "short" in args.tasks and not args.baseline:
         print("megamid eval: no --baseline: 'short' reports perplexity without a ratio")
-    documents = load_documents(args.documents, args.max_documents) if args.documents else None
-    short_documents = load_documents(args.short_documents, args.max_documents) if args.short_documents else None
-    model, tokenizer = _load(args.ckpt)
-    baseline = _load(args.baseline)[0] if args.baseline else None
-    out_dir = args.out or os.path.join(args.ckpt, "eval")
+    documents = read_documents(args.documents, args.lengths, args.max_documents)
+    short_documents = read_documents(args.short_documents, [2], args.max_documents)
+    from megamid.platform import is_rank0, shutdown
+
     try:
+        model, tokenizer = _load(args.ckpt)
+        baseline = _load(args.baseline)[0] if args.baseline else None
+        # under torchrun every rank evaluates (data-parallel replicas of one model); rank 0 writes
+        out_dir = (args.out or os.path.join(args.ckpt, "eval")) if is_rank0() else None
         results = evaluate(model, tokenizer, args.tasks, args.lengths, out_dir, depths=args.depths, samples=args.samples,
                            num_candidates=args.num_candidates, seed=args.seed, ruler_tasks=args.ruler_tasks,
                            greedy=args.greedy, documents=documents, short_documents=short_documents,
                            short_length=args.short_length, baseline=baseline, max_documents=args.max_documents)
     except ValueError as exc:  # a length too short for a task, an unknown RULER task: user input
         raise CommandError(str(exc)) from None
+    finally:
+        shutdown()
     summary = {task: results[task].get("accuracy", results[task].get("ratio")) for task in args.tasks if task in results}
-    print(json.dumps(summary))
-    print(f"megamid eval: wrote {results['files']['markdown']}")
+    if "ppl" in results:  # mean perplexity per length
+        summary["ppl"] = {n: r["ppl_mean"] for n, r in results["ppl"]["by_length"].items()}
+    if out_dir is not None:
+        print(json.dumps(summary))
+        print(f"megamid eval: wrote {results['files']['markdown']}")
     return 0

@@ -69,7 +69,7 @@ def check_eval_config(phase_name: str, eval_cfg) -> Dict:
     return eval_cfg
 
 
-def _long_documents(prefix: str, lengths: Sequence[int], count: int) -> List:
+def _long_documents(prefix: str, lengths: Sequence[int], count: Optional[int]) -> List:
     """Up to `count` documents of at least each length, read from the end of an indexed dataset (a run
     reads its sources from the front), without loading the rest of it."""
     import numpy as np
@@ -80,20 +80,22 @@ def _long_documents(prefix: str, lengths: Sequence[int], count: int) -> List:
     chosen = set()
     for length in lengths:
         chosen.update(np.flatnonzero(sizes >= length)[::-1][:count].tolist())
-    # copies: the arrays megatron returns are views of a mmap that closes with the dataset
+    # copies: megatron returns views of a mmap that is closed (and segfaults on access) with the dataset
     return [np.array(ds[int(i)]) for i in sorted(chosen)]
 
 
-def _documents(path: Optional[str], lengths: Sequence[int], count: int):
+def read_documents(path: Optional[str], lengths: Sequence[int], max_documents: Optional[int]):
+    """Token-id documents for ppl/short: a .npy/.npz file, or from an indexed prefix up to max_documents
+    documents long enough for each length (the in-loop and `megamid eval` selection alike)."""
     from megamid.eval.perplexity import load_documents
 
     if path is None:
         return None
     if path.endswith((".npy", ".npz")):
-        return load_documents(path)
+        return load_documents(path, max_documents)
     if not (os.path.isfile(path + ".bin") and os.path.isfile(path + ".idx")):
-        raise FileNotFoundError(f"eval documents {path!r} not found: expected .npy, .npz or an indexed dataset prefix")
-    return _long_documents(path, lengths, count)
+        raise FileNotFoundError(f"no documents at {path!r}: expected .npy, .npz or an indexed dataset prefix")
+    return _long_documents(path, lengths, max_documents)
 
 
 def summary(results: Dict) -> str:
@@ -128,8 +130,8 @@ def evaluate_phase(trainer, phase, step: int) -> Dict:
     count = cfg.get("max_documents", DEFAULT_MAX_DOCUMENTS)
     needs_docs = "ppl" in tasks or "short" in tasks
     default_docs = phase.data["sources"][0]["prefix"] if needs_docs else None
-    documents = _documents(cfg.get("documents", default_docs), lengths, count)
-    short_documents = _documents(cfg.get("short_documents"), [2], count)
+    documents = read_documents(cfg.get("documents", default_docs), lengths, count)
+    short_documents = read_documents(cfg.get("short_documents"), [2], count)
     kwargs = {k: v for k, v in cfg.items() if k not in _NOT_EVALUATE_KWARGS}
     kwargs["max_documents"] = count
     use_matplotlib = kwargs.pop("use_matplotlib", None)

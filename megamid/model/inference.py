@@ -173,7 +173,11 @@ def load_for_eval(ckpt_path: str, max_batch: int = 4):
     if phase_name not in phases:
         raise ConfigError(f"checkpoint {path} was saved in phase {phase_name!r}, which its recipe does not "
                           f"have (phases: {', '.join(phases)})")
-    init_model_parallel(Layout())
+    from megatron.core import parallel_state as ps
+
+    if not ps.model_parallel_is_initialized() or (ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size(),
+                                                  ps.get_context_parallel_world_size()) != (1, 1, 1):
+        init_model_parallel(Layout())  # a second load (a --baseline) keeps the first model's groups
     set_seed(recipe.training.seed)
     chunks = build_gpt_chunks(recipe.model, ParallelConfig())
     for chunk in chunks:

@@ -1,0 +1,80 @@
+"""pytest tests/eval/test_in_loop.py   (a phase's `eval:` mapping runs in `megamid train`)
+
+The tiny two-phase run (tests/eval/tiny_run.py) evaluates every step of `short` and at the end of
+`long`; results land in CKPT_DIR/eval/<phase>/step_<N>/ and a summary line in the log, and the
+training losses are exactly those of the same run without `eval:`.
+"""
+
+import json
+import os
+
+import pytest
+import yaml
+
+import tiny_run
+from megamid.config import ConfigError
+from megamid.eval.in_loop import check_eval_config, summary
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return tiny_run.trained(str(tmp_path_factory.getbasetemp() / "tiny_eval_run"))
+
+
+def test_phase_eval_results_land_on_disk(run_dir):
+    evals = os.path.join(run_dir["ckpt"], "eval")
+    assert sorted(os.listdir(os.path.join(evals, "short"))) == ["step_1", "step_2"]
+    assert os.listdir(os.path.join(evals, "long")) == ["step_2"]
+    for phase, step, global_step in (("short", 1, 1), ("short", 2, 2), ("long", 2, 4)):
+        out = os.path.join(evals, phase, f"step_{step}")
+        res = json.load(open(os.path.join(out, "results.json")))
+        assert (res["phase"], res["step"], res["global_step"]) == (phase, step, global_step)
+        assert res["passkey"]["grid"]["lengths"] == [320] and res["passkey"]["samples"] == 1
+        ppl = res["ppl"]["by_length"]["320"]  # documents default to the phase's first data source
+        assert ppl["documents"] == 2 and len(ppl["nll"]) == 4 and ppl["ppl_mean"] > 1
+        assert os.path.isfile(os.path.join(out, "results.md"))
+    log = open(run_dir["log"]).read()
+    assert "[short] eval step 1: passkey " in log and "ppl@320 " in log and "[long] eval step 2:" in log
+
+
+def test_eval_does_not_change_training(run_dir, tmp_path):
+    recipe = yaml.safe_load(open(run_dir["recipe"]))
+    for phase in recipe["phases"]:
+        del phase["eval"]
+    recipe["checkpoint"]["dir"] = str(tmp_path / "ckpt")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    tiny_run.megamid("train", path)
+
+    def losses(ckpt):
+        return [json.loads(line)["loss"] for line in open(os.path.join(ckpt, "metrics.jsonl"))]
+
+    assert losses(run_dir["ckpt"]) == losses(tmp_path / "ckpt") and len(losses(run_dir["ckpt"])) == 4
+
+
+@pytest.mark.parametrize("cfg, message", [
+    ({"lenghts": [512]}, "phases[ctx].eval.lenghts is not a valid key; valid: tasks, lengths"),
+    ({"lengths": 512}, "phases[ctx].eval.lengths=512 is invalid: expected a list of positive token counts"),
+    ({"tasks": ["passkey", "lambada"]}, "phases[ctx].eval.tasks=['passkey', 'lambada'] is invalid: unknown lambada"),
+    ({"interval": 0}, "phases[ctx].eval.interval=0 is invalid: expected a positive number of steps"),
+    ({"depths": [0.5, 2]}, "phases[ctx].eval.depths=[0.5, 2] is invalid"),
+    ({"num_candidates": 1}, "phases[ctx].eval.num_candidates=1 is invalid: expected an integer >= 2"),
+    ([512], "phases[ctx].eval=[512] is invalid: expected a mapping"),
+])
+def test_eval_mapping_errors_name_the_key(cfg, message):
+    with pytest.raises(ConfigError) as exc:
+        check_eval_config("ctx", cfg)
+    assert message in str(exc.value)
+
+
+def test_eval_mapping_accepts_evaluate_keywords():
+    cfg = {"tasks": ["passkey", "ppl", "ruler"], "lengths": [512, 1024], "interval": 100, "samples": 2,
+           "depths": [0, 0.5, 1], "documents": "corpus/long_text_document", "max_documents": 4, "max_batch": 2,
+           "num_buckets": 4, "seed": 1, "greedy": False, "ruler_tasks": ["niah_single"], "use_matplotlib": None}
+    assert check_eval_config("ctx", cfg) is cfg
+
+
+def test_summary_line():
+    results = {"passkey": {"accuracy": 0.5, "chance": 0.25},
+               "ppl": {"by_length": {"512": {"ppl_mean": 12.345}, "1024": {"ppl_mean": None}}}}
+    assert summary(results) == "passkey 0.50 (chance 0.25) | ppl@512 12.35 | ppl@1024 -"
