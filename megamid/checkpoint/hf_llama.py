@@ -87,20 +87,10 @@ def megatron_to_hf(state: Mapping[str, Any], model_cfg: ModelConfig) -> dict[str
     else:
         out["lm_head.weight"] = state.pop("output_layer.weight")
     for i in range(model_cfg.num_layers):
-        src, dst = f"decoder.layers.{i}.", f"model.layers.{i}."
-        for suffix in ("weight", "bias"):
-            qkv = state.pop(f"{src}self_attention.linear_qkv.{suffix}", None)
-            if qkv is not None:
-                for name, t in zip("qkv", split_qkv(qkv, model_cfg)):
-                    out[f"{dst}self_attn.{name}_proj.{suffix}"] = t
-            fc1 = state.pop(f"{src}mlp.linear_fc1.{suffix}", None)
-            if fc1 is not None:
-                gate, up = fc1.chunk(2, dim=0)
-                out[f"{dst}mlp.gate_proj.{suffix}"] = gate.contiguous()
-                out[f"{dst}mlp.up_proj.{suffix}"] = up.contiguous()
-        for megatron_name, hf_name in _LAYER_RENAMES.items():
-            if src + megatron_name in state:
-                out[dst + hf_name] = state.pop(src + megatron_name)
+        src = f"decoder.layers.{i}."
+        layer = {k[len(src):]: state.pop(k) for k in [k for k in state if k.startswith(src)]}
+        out.update({f"model.layers.{i}.{k}": v for k, v in megatron_layer_to_hf(layer, model_cfg).items()})
+        state.update({src + k: v for k, v in layer.items()})  # unknown: reported below
     if state:
         fail("state", sorted(state)[:5], "keys megatron_to_hf does not know (TP=1 Llama-style GPTModel expected)")
     return out
@@ -118,22 +108,9 @@ def hf_to_megatron(state: Mapping[str, Tensor], model_cfg: ModelConfig) -> dict[
         if lm_head is None:
             fail("lm_head.weight", None, "required unless model.tie_embeddings is true")
     for i in range(model_cfg.num_layers):
-        src, dst = f"model.layers.{i}.", f"decoder.layers.{i}."
-        out[dst + "input_layernorm.weight"] = state.pop(src + "input_layernorm.weight")
-        for suffix in ("weight", "bias"):
-            names = [f"{src}self_attn.{x}_proj.{suffix}" for x in "qkv"]
-            if names[0] in state:
-                q, k, v = (state.pop(n) for n in names)
-                out[f"{dst}self_attention.linear_qkv.{suffix}"] = fuse_qkv(q, k, v, model_cfg)
-            if f"{src}self_attn.o_proj.{suffix}" in state:
-                out[f"{dst}self_attention.linear_proj.{suffix}"] = state.pop(f"{src}self_attn.o_proj.{suffix}")
-        out[dst + "pre_mlp_layernorm.weight"] = state.pop(src + "post_attention_layernorm.weight")
-        for suffix in ("weight", "bias"):
-            if f"{src}mlp.gate_proj.{suffix}" in state:
-                gate, up = state.pop(f"{src}mlp.gate_proj.{suffix}"), state.pop(f"{src}mlp.up_proj.{suffix}")
-                out[f"{dst}mlp.linear_fc1.{suffix}"] = torch.cat([gate, up], dim=0)
-            if f"{src}mlp.down_proj.{suffix}" in state:
-                out[f"{dst}mlp.linear_fc2.{suffix}"] = state.pop(f"{src}mlp.down_proj.{suffix}")
+        src = f"model.layers.{i}."
+        layer = {k[len(src):]: state.pop(k) for k in [k for k in state if k.startswith(src)]}
+        out.update({f"decoder.layers.{i}.{k}": v for k, v in hf_layer_to_megatron(layer, model_cfg, src).items()})
     out["decoder.final_layernorm.weight"] = state.pop("model.norm.weight")
     if not model_cfg.tie_embeddings:
         out["output_layer.weight"] = lm_head
@@ -142,10 +119,145 @@ def hf_to_megatron(state: Mapping[str, Tensor], model_cfg: ModelConfig) -> dict[
     return out
 
 
+def hf_layer_to_megatron(layer: dict[str, Tensor], model_cfg: ModelConfig, where: str = "") -> dict[str, Tensor]:
+    """One decoder layer: HF names after `model.layers.{i}.` -> megatron names after `decoder.layers.{i}.`.
+
+    Consumes `layer` (pops what it maps); keys left over are not Llama / Qwen2 weights and raise."""
+    out: dict[str, Tensor] = {}
+
+    def take(name: str) -> Tensor:
+        if name not in layer:
+            fail(where + name, None, "missing from the checkpoint")
+        return layer.pop(name)
+
+    out["input_layernorm.weight"] = take("input_layernorm.weight")
+    for suffix in ("weight", "bias"):
+        if f"self_attn.q_proj.{suffix}" in layer:
+            q, k, v = (take(f"self_attn.{x}_proj.{suffix}") for x in "qkv")
+            out[f"self_attention.linear_qkv.{suffix}"] = fuse_qkv(q, k, v, model_cfg)
+        if f"self_attn.o_proj.{suffix}" in layer:
+            out[f"self_attention.linear_proj.{suffix}"] = take(f"self_attn.o_proj.{suffix}")
+    out["pre_mlp_layernorm.weight"] = take("post_attention_layernorm.weight")
+    for suffix in ("weight", "bias"):
+        if f"mlp.gate_proj.{suffix}" in layer:
+            gate, up = take(f"mlp.gate_proj.{suffix}"), take(f"mlp.up_proj.{suffix}")
+            out[f"mlp.linear_fc1.{suffix}"] = torch.cat([gate, up], dim=0)
+        if f"mlp.down_proj.{suffix}" in layer:
+            out[f"mlp.linear_fc2.{suffix}"] = take(f"mlp.down_proj.{suffix}")
+    if layer:
+        fail("state", sorted(where + k for k in layer)[:5], "keys hf_to_megatron does not know (a Llama / Qwen2 "
+             "checkpoint expected)")
+    return out
+
+
+def megatron_layer_to_hf(layer: dict[str, Tensor], model_cfg: ModelConfig) -> dict[str, Tensor]:
+    """One decoder layer: megatron names after `decoder.layers.{i}.` -> HF names after `model.layers.{i}.`.
+
+    Consumes `layer`; what it leaves is reported by the caller (megatron_to_hf) as unknown."""
+    out: dict[str, Tensor] = {}
+    for suffix in ("weight", "bias"):
+        qkv = layer.pop(f"self_attention.linear_qkv.{suffix}", None)
+        if qkv is not None:
+            for name, t in zip("qkv", split_qkv(qkv, model_cfg)):
+                out[f"self_attn.{name}_proj.{suffix}"] = t
+        fc1 = layer.pop(f"mlp.linear_fc1.{suffix}", None)
+        if fc1 is not None:
+            gate, up = fc1.chunk(2, dim=0)
+            out[f"mlp.gate_proj.{suffix}"] = gate.contiguous()
+            out[f"mlp.up_proj.{suffix}"] = up.contiguous()
+    for megatron_name, hf_name in _LAYER_RENAMES.items():
+        if megatron_name in layer:
+            out[hf_name] = layer.pop(megatron_name)
+    return out
+
+
 def _local_name(key: str) -> str:
     """TE spec keys (norms fused into the following linear) -> local spec keys."""
     return (key.replace("self_attention.linear_qkv.layer_norm_weight", "input_layernorm.weight")
                .replace("mlp.linear_fc1.layer_norm_weight", "pre_mlp_layernorm.weight"))
+
+
+# ---- config.json -> ModelConfig, and the weights it implies --------------------------------------
+# architectures whose weights are Llama's (Mistral) or Llama's plus q/k/v biases (Qwen2)
+HF_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
+_DTYPES_FROM_HF = {v: k for k, v in _DTYPE_NAMES.items()}
+
+
+def model_config_from_hf(config: Mapping[str, Any]) -> ModelConfig:
+    """A config.json (dict) of a Llama / Mistral / Qwen2 model -> megamid's ModelConfig.
+
+    Errors name the config.json key, its value and what converts."""
+    from megamid.rope import RopeScaling
+
+    archs = config.get("architectures") or []
+    arch = archs[0] if len(archs) == 1 else None
+    if arch not in HF_ARCHITECTURES:
+        fail("config.json architectures", archs, f"expected one of {', '.join(HF_ARCHITECTURES)} (Qwen3's "
+             "q/k norms need a model.qk_layernorm field megamid's ModelConfig does not have yet)")
+    if config.get("hidden_act", "silu") != "silu":
+        fail("config.json hidden_act", config.get("hidden_act"), "only silu (SwiGLU) converts")
+    add_qkv_bias = add_bias_linear = False
+    if HF_ARCHITECTURES[arch] == "qwen2":
+        add_qkv_bias = True  # Qwen2 always has q/k/v biases and no others
+    elif HF_ARCHITECTURES[arch] == "llama":
+        attention_bias, mlp_bias = bool(config.get("attention_bias", False)), bool(config.get("mlp_bias", False))
+        if attention_bias != mlp_bias:
+            # megatron's add_bias_linear biases q/k/v, o, and both MLP projections together
+            fail("config.json attention_bias", attention_bias, f"must equal mlp_bias={mlp_bias} to convert "
+                 "(megatron biases every linear layer or none)")
+        add_bias_linear = attention_bias
+    rope = RopeScaling.from_hf(config)
+    if rope.partial_rotary_factor != 1.0:
+        fail("config.json partial_rotary_factor", rope.partial_rotary_factor, "Llama / Mistral / Qwen2 rotate "
+             "whole heads; only 1.0 converts")
+    dtype = config.get("dtype") or config.get("torch_dtype") or "float32"
+    if dtype not in _DTYPES_FROM_HF:
+        fail("config.json dtype", dtype, f"expected one of {', '.join(_DTYPES_FROM_HF)}")
+    heads = config["num_attention_heads"]
+    return ModelConfig(
+        num_layers=config["num_hidden_layers"], hidden_size=config["hidden_size"], num_attention_heads=heads,
+        vocab_size=config["vocab_size"], ffn_hidden_size=config["intermediate_size"],
+        num_query_groups=config.get("num_key_value_heads") or heads, kv_channels=rope.head_dim,
+        max_position_embeddings=config.get("max_position_embeddings", 2048), rope=rope.to_dict(),
+        tie_embeddings=bool(config.get("tie_word_embeddings", False)), dtype=_DTYPES_FROM_HF[dtype],
+        norm_epsilon=config.get("rms_norm_eps", 1e-6), add_bias_linear=add_bias_linear, add_qkv_bias=add_qkv_bias,
+        init_method_std=config.get("initializer_range", 0.02), attention_dropout=config.get("attention_dropout", 0.0))
+
+
+def attention_window_notes(config: Mapping[str, Any]) -> list[str]:
+    """Warnings for what the conversion keeps but megamid's model does not do: sliding-window attention."""
+    window = config.get("sliding_window")
+    uses = config.get("use_sliding_window", HF_ARCHITECTURES.get((config.get("architectures") or [""])[0]) == "mistral")
+    if window and uses and window < config.get("max_position_embeddings", 0):
+        return [f"config.json sliding_window={window}: megamid's model attends over the whole sequence, so it "
+                f"matches the HF model only for sequences of at most {window} tokens"]
+    return []
+
+
+def hf_weight_shapes(model_cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every HF weight name the model has, with its shape, in the order the importer reads them
+    (embedding, layers, final norm, lm_head)."""
+    h, d, f, v = model_cfg.hidden_size, model_cfg.head_dim, model_cfg.ffn_size, model_cfg.vocab_size
+    q_rows, kv_rows = model_cfg.num_attention_heads * d, model_cfg.query_groups * d
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, h)}
+    for i in range(model_cfg.num_layers):
+        p = f"model.layers.{i}."
+        shapes[p + "input_layernorm.weight"] = (h,)
+        for x, rows in (("q", q_rows), ("k", kv_rows), ("v", kv_rows)):
+            shapes[f"{p}self_attn.{x}_proj.weight"] = (rows, h)
+            if model_cfg.add_qkv_bias or model_cfg.add_bias_linear:
+                shapes[f"{p}self_attn.{x}_proj.bias"] = (rows,)
+        shapes[p + "self_attn.o_proj.weight"] = (h, q_rows)
+        shapes[p + "post_attention_layernorm.weight"] = (h,)
+        shapes.update({p + "mlp.gate_proj.weight": (f, h), p + "mlp.up_proj.weight": (f, h),
+                       p + "mlp.down_proj.weight": (h, f)})
+        if model_cfg.add_bias_linear:
+            shapes.update({p + "self_attn.o_proj.bias": (h,), p + "mlp.gate_proj.bias": (f,),
+                           p + "mlp.up_proj.bias": (f,), p + "mlp.down_proj.bias": (h,)})
+    shapes["model.norm.weight"] = (h,)
+    if not model_cfg.tie_embeddings:
+        shapes["lm_head.weight"] = (v, h)
+    return shapes
 
 
 # ---- config.json ---------------------------------------------------------------------------------
@@ -188,4 +300,6 @@ def hf_config(model_cfg: ModelConfig, rope_dict: Mapping[str, Any] | None = None
     return out
 
 
-__all__ = ["check_llama_like", "fuse_qkv", "hf_config", "hf_to_megatron", "megatron_to_hf", "split_qkv"]
+__all__ = ["HF_ARCHITECTURES", "attention_window_notes", "check_llama_like", "fuse_qkv", "hf_config",
+           "hf_weight_shapes", "model_config_from_hf", "hf_layer_to_megatron", "hf_to_megatron", "megatron_layer_to_hf",
+           "megatron_to_hf", "split_qkv"]

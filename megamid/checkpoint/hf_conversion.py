@@ -1,0 +1,372 @@
+"""HF Llama / Mistral / Qwen2 directories <-> megamid checkpoints, one layer in memory at a time.
+
+`import_hf` reads config.json and the safetensors weights tensor by tensor, maps each layer to
+megatron's layout (hf_llama) and its TP slices (dist_layout), and writes one megatron-core torch_dist
+checkpoint with `dist_checkpointing.save` (which takes the whole shard it writes at once: peak memory
+is the converted model plus one layer). `export_hf` loads a megamid checkpoint saved at any TP/PP
+one layer at a time into TP=1 tensors (dist_checkpointing reshards on load) and streams them into
+safetensors files, with the config.json of the rope the checkpoint's phase trained with.
+
+Both run megatron in this process (a world of one: megamid.platform's process group, CPU mode
+where there is no GPU). Input HF files are JSON and safetensors only; nothing is unpickled from them.
+A megamid checkpoint is read with megatron-core's loader (torch DCP metadata; common.pt through
+torch.load's default weights_only=True): export only checkpoints you trust, as for training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from typing import Any, Callable
+
+import torch
+
+from megamid.checkpoint.dist_layout import checkpoint_key
+from megamid.checkpoint.hf_llama import (
+    attention_window_notes,
+    hf_config,
+    hf_layer_to_megatron,
+    hf_weight_shapes,
+    megatron_layer_to_hf,
+    model_config_from_hf,
+)
+from megamid.checkpoint.safetensors_files import CheckpointFileError, SafetensorsReader, SafetensorsWriter
+from megamid.config.base import ConfigError
+from megamid.config.model import ModelConfig
+
+STATE_FILE = "megamid.json"   # as megamid.train.checkpoint writes it
+TOKENIZER_DIR = "hf_tokenizer"
+RECIPE_SNIPPET = "recipe_base.yaml"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
+_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_HF_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+# ---- shared ----------------------------------------------------------------------------------------
+def check_out_dir(out: str, overwrite: bool) -> None:
+    """Refuse a non-empty existing --out unless asked to overwrite it."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CheckpointFileError(f"--out {out}: exists and is not a directory")
+    if os.path.isdir(out) and os.listdir(out) and not overwrite:
+        raise CheckpointFileError(f"--out {out}: exists and is not empty; pass --overwrite to replace it")
+
+
+def _partial_dir(out: str) -> str:
+    """A fresh sibling directory to write into; published over `out` by _publish only when complete."""
+    partial = os.path.abspath(out).rstrip("/") + ".partial"
+    if os.path.isdir(partial):
+        shutil.rmtree(partial)  # left by a conversion that died
+    os.makedirs(partial)
+    return partial
+
+
+def _publish(partial: str, out: str) -> None:
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+    os.replace(partial, out)
+
+
+def _init_megatron_io() -> None:
+    # dist_checkpointing needs a process group; a world of one outside torchrun
+    from megamid.platform import init_process_group
+
+    init_process_group()
+    if torch.distributed.get_world_size() != 1:
+        raise ConfigError(f"conversion runs in one process (world size {torch.distributed.get_world_size()}); "
+                          "run the tool with plain python, not torchrun")
+
+
+def _layer_groups(model_cfg: ModelConfig) -> list[tuple[str, list[str]]]:
+    """HF weight names grouped as they are converted: embedding, each layer, final norm, lm_head."""
+    groups: dict[str, list[str]] = {}
+    for name in hf_weight_shapes(model_cfg):
+        group = ".".join(name.split(".")[:3]) if name.startswith("model.layers.") else name
+        groups.setdefault(group, []).append(name)
+    return list(groups.items())
+
+
+_TOP_NAMES = {"model.embed_tokens.weight": "embedding.word_embeddings.weight",
+              "model.norm.weight": "decoder.final_layernorm.weight", "lm_head.weight": "output_layer.weight"}
+
+
+def _to_megatron(group: str, tensors: dict[str, torch.Tensor], model_cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    if group in _TOP_NAMES:
+        return {_TOP_NAMES[group]: tensors[group]}
+    prefix = group + "."
+    layer = {k[len(prefix):]: v for k, v in tensors.items()}
+    dst = "decoder.layers." + group.split(".")[2] + "."
+    return {dst + k: v for k, v in hf_layer_to_megatron(layer, model_cfg, prefix).items()}
+
+
+def _megatron_names(group: str, model_cfg: ModelConfig) -> dict[str, tuple]:
+    """The megatron names and full shapes a group converts to (from shapes only: no data)."""
+    shapes = hf_weight_shapes(model_cfg)
+    fake = {n: torch.empty(shapes[n], device="meta") for n in shapes if n == group or n.startswith(group + ".")}
+    return {k: tuple(v.shape) for k, v in _to_megatron(group, fake, model_cfg).items()}
+
+
+# ---- HF -> megamid ---------------------------------------------------------------------------------
+def read_hf_config(hf_dir: str) -> dict[str, Any]:
+    if not os.path.isdir(hf_dir):
+        raise CheckpointFileError(f"--hf-dir {hf_dir}: no such directory")
+    path = os.path.join(hf_dir, "config.json")
+    if not os.path.isfile(path):
+        raise CheckpointFileError(f"{path}: missing (a transformers model directory has config.json)")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        raise CheckpointFileError(f"{path}: not valid JSON ({exc})") from None
+
+
+def check_hf_weights(reader: SafetensorsReader, model_cfg: ModelConfig, hf_dir: str) -> None:
+    """Every weight the config implies is present with its shape; nothing unknown is left over."""
+    expected = hf_weight_shapes(model_cfg)
+    found = set(reader.keys())
+    missing = [n for n in expected if n not in found]
+    if missing:
+        raise CheckpointFileError(f"{hf_dir}: {len(missing)} weight(s) that config.json implies are missing from the "
+                                  f"safetensors files, e.g. {', '.join(missing[:3])}")
+    ignored = {"lm_head.weight"} if model_cfg.tie_embeddings else set()
+    unknown = sorted(n for n in found - set(expected) - ignored if not n.endswith("rotary_emb.inv_freq"))
+    if unknown:
+        raise CheckpointFileError(f"{hf_dir}/{reader.file_of[unknown[0]]}: holds weight(s) a Llama / Mistral / Qwen2 "
+                                  f"model of this config.json does not have, e.g. {', '.join(unknown[:3])}")
+    for name, shape in expected.items():
+        got = reader.shape(name)
+        if got != shape:
+            raise CheckpointFileError(f"{hf_dir}/{reader.file_of[name]}: {name} has shape {list(got)}, expected "
+                                      f"{list(shape)} from config.json")
+
+
+def import_hf(hf_dir: str, out: str, tp: int = 1, pp: int = 1, dtype: str | None = None, overwrite: bool = False,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Convert an HF directory to a megamid checkpoint at `out` (usable as a recipe's `base`).
+
+    tp: the TP layout the shards are written in (one process writes every rank's slice); pp: checked and
+    recorded (layers are separate chunks in every PP layout). Returns the megamid.json written."""
+    from megamid.config.loader import to_dict
+    from megamid.config.parallel import ParallelConfig
+    from megamid.model.builder import validate_layout
+
+    check_out_dir(out, overwrite)
+    config = read_hf_config(hf_dir)
+    model_cfg = model_config_from_hf(config)
+    if dtype is not None:
+        model_cfg = dataclasses.replace(model_cfg, dtype=dtype)
+    validate_layout(model_cfg, ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp),
+                    where="--tp/--pp (parallel)")
+    reader = SafetensorsReader(hf_dir)
+    check_hf_weights(reader, model_cfg, hf_dir)
+    for note in attention_window_notes(config):
+        log("warning: " + note)
+
+    _init_megatron_io()
+    from megatron.core import dist_checkpointing
+
+    from megamid.checkpoint.dist_layout import extra_state_objects, sharded_tensors
+
+    target = _TORCH_DTYPES[model_cfg.dtype]
+    sharded: dict[str, Any] = {}
+    for group, names in _layer_groups(model_cfg):
+        tensors = {n: reader.get(n).to(target) for n in names}
+        for name, tensor in _to_megatron(group, tensors, model_cfg).items():
+            for i, st in enumerate(sharded_tensors(name, tensor, model_cfg.num_layers, tp)):
+                sharded[f"{name}/{i}"] = st
+    for obj in extra_state_objects(model_cfg.num_layers):
+        sharded[f"{obj.key}/{obj.global_offset[0]}"] = obj
+    partial = _partial_dir(out)
+    dist_checkpointing.save(sharded, partial)
+    del sharded
+
+    tokenizer = _copy_tokenizer_files(hf_dir, os.path.join(partial, TOKENIZER_DIR), os.path.abspath(out), log)
+    recipe = {"model": to_dict(model_cfg), "tokenizer": tokenizer}
+    meta = {"step": 0,
+            # no RNG state is saved: a null layout never equals a run's, so load_checkpoint does not look for it
+            "layout": None, "shard_layout": {"tp": tp, "pp": pp},
+            "state": {"source": "hf", "hf_dir": os.path.abspath(hf_dir)},
+            "config": recipe, "hf_config": config}
+    with open(os.path.join(partial, STATE_FILE), "w") as f:
+        json.dump(meta, f, indent=1)
+    _write_recipe_snippet(os.path.join(partial, RECIPE_SNIPPET), recipe, os.path.abspath(out), hf_dir)
+    _publish(partial, out)
+    log(f"wrote {out}: {model_cfg.num_parameters() / 1e6:.1f}M parameters, {model_cfg.dtype}, shards laid out "
+        f"for TP={tp} (loads at any TP/PP); recipe snippet {os.path.join(out, RECIPE_SNIPPET)}")
+    return meta
+
+
+def _copy_tokenizer_files(hf_dir: str, dst: str, final_out: str, log) -> str:
+    """Copies the tokenizer files found; returns the recipe's `tokenizer:` value (as it will be under `out`)."""
+    present = [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(hf_dir, n))]
+    if present:
+        os.makedirs(dst)
+        for name in present:
+            shutil.copy2(os.path.join(hf_dir, name), os.path.join(dst, name))
+    for name in ("tokenizer.json", "tokenizer.model"):
+        if name in present:
+            return os.path.join(final_out, TOKENIZER_DIR, name)
+    log(f"warning: {hf_dir} has no tokenizer.json or tokenizer.model; recipe_base.yaml says tokenizer: byte, "
+        "whose ids will not match this model's vocabulary: set your tokenizer there")
+    return "byte"
+
+
+def _write_recipe_snippet(path: str, recipe: dict, base: str, hf_dir: str) -> None:
+    import yaml
+
+    body = yaml.safe_dump({"base": base, "tokenizer": recipe["tokenizer"], "model": recipe["model"]},
+                          sort_keys=False, default_flow_style=None, width=110)
+    with open(path, "w") as f:
+        f.write(f"# megamid recipe start, written by tools/convert_hf_to_megamid.py from {os.path.abspath(hf_dir)}.\n"
+                "# Copy into a recipe and add training/data/phases; the model section must stay as it is for the\n"
+                "# base weights to load (parallel layout, dtype and rope per phase may change).\n" + body)
+
+
+# ---- megamid -> HF ---------------------------------------------------------------------------------
+def resolve_checkpoint(ckpt: str) -> str:
+    """A checkpoint directory (with megamid.json), or a run's checkpoint dir whose `latest` names one."""
+    from megamid.train.checkpoint import LATEST, find_latest
+
+    if os.path.isfile(os.path.join(ckpt, LATEST)):
+        return find_latest(ckpt)
+    if not os.path.isfile(os.path.join(ckpt, STATE_FILE)):
+        raise CheckpointFileError(f"--ckpt {ckpt}: not a megamid checkpoint (no {STATE_FILE}, no '{LATEST}' pointer)")
+    return ckpt
+
+
+def trained_rope(meta: dict) -> dict:
+    """The rope of the phase the checkpoint was saved in (config.phases[...].rope), else config.model.rope."""
+    config = meta.get("config") or {}
+    phase = (meta.get("state") or {}).get("phase")
+    for spec in config.get("phases") or []:
+        if spec.get("name") == phase and spec.get("rope") is not None:
+            return dict(spec["rope"])
+    return dict(config["model"]["rope"])
+
+
+def export_hf(ckpt: str, out: str, overwrite: bool = False, max_file_bytes: int = 5 << 30,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Convert a megamid checkpoint (any TP/PP) to an HF directory; returns the config.json written."""
+    from megamid.config.loader import build
+
+    path = resolve_checkpoint(ckpt)
+    with open(os.path.join(path, STATE_FILE)) as f:
+        meta = json.load(f)
+    if "model" not in (meta.get("config") or {}):
+        raise CheckpointFileError(f"{path}/{STATE_FILE}: has no config.model section")
+    model_cfg = build(ModelConfig, meta["config"]["model"], "model")
+    rope = trained_rope(meta)
+    config = hf_config(model_cfg, rope)
+    source = meta.get("hf_config") or {}
+    if source.get("vocab_size") == model_cfg.vocab_size:
+        config.update({k: source[k] for k in _HF_TOKEN_IDS if source.get(k) is not None})
+    check_out_dir(out, overwrite)
+
+    _init_megatron_io()
+    from megatron.core import dist_checkpointing
+
+    saved = dist_checkpointing.load_tensors_metadata(path)
+    dtype = _check_saved_shapes(saved, model_cfg, path)
+    pieces = _export_pieces(model_cfg)
+    partial = _partial_dir(out)
+    writer = SafetensorsWriter(partial, [(n, dtype, tuple(t.shape)) for _, hf in pieces for n, t in hf.items()],
+                               max_file_bytes)
+    for key, per_layer in _by_checkpoint_key(pieces):
+        # one checkpoint key (every layer of it stacked) at a time: megatron's loader reads whole tensors
+        stacked = _load_whole(dist_checkpointing, path, key, saved[key].global_shape, dtype)
+        for name, planned in per_layer:
+            layer = checkpoint_key(name)[1]
+            hf = _hf_pieces(name, stacked if layer is None else stacked[layer], model_cfg)
+            for hf_name in planned:
+                writer.write(hf_name, hf[hf_name])
+        del stacked, hf
+    files = writer.close()
+    with open(os.path.join(partial, "config.json"), "w") as f:
+        json.dump(config, f, indent=1)
+    tokenizer = _export_tokenizer(meta, partial, log)
+    _publish(partial, out)
+    log(f"wrote {out}: {config['architectures'][0]}, rope {rope.get('type')}, {len(files)} safetensors file(s), "
+        f"tokenizer: {tokenizer}")
+    return config
+
+
+_HF_TOP = {v: k for k, v in _TOP_NAMES.items()}
+
+
+def _hf_pieces(name: str, tensor: torch.Tensor, model_cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """One full megatron weight -> the HF weights it holds (q/k/v from linear_qkv, gate/up from linear_fc1)."""
+    if not name.startswith("decoder.layers."):
+        return {_HF_TOP[name]: tensor}
+    i, suffix = name.split(".", 3)[2:]
+    return {f"model.layers.{i}.{k}": v.contiguous() for k, v in megatron_layer_to_hf({suffix: tensor}, model_cfg).items()}
+
+
+def _export_pieces(model_cfg: ModelConfig) -> list[tuple[str, dict]]:
+    """(megatron name, {HF name: meta tensor}) in export order: by checkpoint key, then layer."""
+    pieces = [(name, _hf_pieces(name, torch.empty(shape, device="meta"), model_cfg))
+              for group, _ in _layer_groups(model_cfg) for name, shape in _megatron_names(group, model_cfg).items()]
+    order = {key: i for i, key in enumerate(dict.fromkeys(checkpoint_key(n)[0] for n, _ in pieces))}
+    return sorted(pieces, key=lambda p: (order[checkpoint_key(p[0])[0]], checkpoint_key(p[0])[1] or 0))
+
+
+def _by_checkpoint_key(pieces: list) -> list[tuple[str, list]]:
+    groups: dict[str, list] = {}
+    for name, hf in pieces:
+        groups.setdefault(checkpoint_key(name)[0], []).append((name, hf))
+    return list(groups.items())
+
+
+def _load_whole(dist_checkpointing, path: str, key: str, shape, dtype) -> torch.Tensor:
+    from megatron.core.dist_checkpointing import ShardedTensor
+
+    template = {key: ShardedTensor.from_rank_offsets(key, torch.empty(tuple(shape), dtype=dtype), replica_id=0)}
+    return dist_checkpointing.load(template, path)[key]
+
+
+def _check_saved_shapes(saved: dict, model_cfg: ModelConfig, path: str) -> torch.dtype:
+    """Every tensor the model config implies is in the checkpoint with its global shape; returns its dtype."""
+
+    dtypes = set()
+    for group, _ in _layer_groups(model_cfg):
+        for name, shape in _megatron_names(group, model_cfg).items():
+            key, layer, _ = checkpoint_key(name)
+            want = shape if layer is None else (model_cfg.num_layers, *shape)
+            if key not in saved:
+                raise CheckpointFileError(f"{path}: has no tensor {key} (needed for {name}); its config.model "
+                                          "does not match its weights")
+            got = tuple(saved[key].global_shape)
+            if got != want:
+                raise CheckpointFileError(f"{path}: {key} has shape {list(got)}, expected {list(want)} from "
+                                          f"{STATE_FILE} config.model")
+            dtypes.add(saved[key].dtype)
+    if len(dtypes) != 1:
+        raise CheckpointFileError(f"{path}: weights in several dtypes {sorted(map(str, dtypes))}")
+    return dtypes.pop()
+
+
+def _export_tokenizer(meta: dict, out: str, log) -> str:
+    """Copies the recipe's tokenizer next to the weights; returns what was done, in words."""
+    tokenizer = (meta.get("config") or {}).get("tokenizer", "byte")
+    if tokenizer == "byte":
+        log("note: the recipe's tokenizer is megamid's byte tokenizer (ids 0-255 = bytes, then pad and eod); "
+            "it has no HF tokenizer file, so none is written")
+        return "none (byte)"
+    if not os.path.isfile(tokenizer):
+        log(f"warning: the recipe's tokenizer {tokenizer} is not a file here; no tokenizer written")
+        return "none (not found)"
+    src_dir = os.path.dirname(os.path.abspath(tokenizer))
+    if tokenizer.endswith(".json"):
+        shutil.copy2(tokenizer, os.path.join(out, "tokenizer.json"))
+        # the converted checkpoint's own folder also holds the HF tokenizer config and special tokens
+        for name in TOKENIZER_FILES[1:]:
+            if name not in ("tokenizer.model",) and os.path.isfile(os.path.join(src_dir, name)):
+                shutil.copy2(os.path.join(src_dir, name), os.path.join(out, name))
+        return tokenizer
+    shutil.copy2(tokenizer, os.path.join(out, "tokenizer.model"))
+    return f"{tokenizer} (sentencepiece, as tokenizer.model)"
+
+
+__all__ = ["RECIPE_SNIPPET", "TOKENIZER_DIR", "check_hf_weights", "check_out_dir", "export_hf", "import_hf",
+           "read_hf_config", "resolve_checkpoint", "trained_rope"]
