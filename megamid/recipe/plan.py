@@ -227,13 +227,17 @@ def _check_files(recipe: RecipeConfig, phases: list, problems: list, hints: list
     if missing_any:
         hints.append(f"relative data prefixes are read from the working directory {os.getcwd()}; "
                         "build indexed datasets with `megamid data prepare`")
+    documents = {}   # eval documents path -> the phases that name it
     for phase in phases:
         for key in ("documents", "short_documents"):
             path = (phase.eval or {}).get(key)
-            if isinstance(path, str) and not (os.path.isfile(path) or all(
-                    os.path.isfile(path + ext) for ext in (".bin", ".idx"))):
-                problems.append(f"phases[{phase.name}].eval.{key}={path!r} is invalid: no .npy/.npz file or "
-                                "indexed dataset (.bin/.idx) there")
+            if isinstance(path, str):
+                documents.setdefault(path, []).append(f"phases[{phase.name}].eval.{key}")
+    for path, names in documents.items():
+        if not (os.path.isfile(path) or all(os.path.isfile(path + ext) for ext in (".bin", ".idx"))):
+            also = f" (also {', '.join(n.split('.eval')[0] for n in names[1:])})" if len(names) > 1 else ""
+            problems.append(f"{names[0]}={path!r}{also} is invalid: no .npy/.npz file or indexed dataset "
+                            "(.bin/.idx) there")
     if recipe.tokenizer != "byte" and not os.path.exists(recipe.tokenizer):
         problems.append(f"tokenizer={recipe.tokenizer!r} is invalid: no such file; valid: 'byte', a "
                         "sentencepiece .model, or a HF tokenizer.json (or its folder)")
