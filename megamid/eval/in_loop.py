@@ -137,7 +137,8 @@ def evaluate_phase(trainer, phase, step: int) -> Dict:
     use_matplotlib = kwargs.pop("use_matplotlib", None)
     model = MegatronLM(trainer.chunks, max_batch=cfg.get("max_batch", 4))
     # Evaluation must not change the training run: its forwards leave the RNG streams as they were.
-    rng = torch.get_rng_state(), tensor_parallel.get_cuda_rng_tracker().get_states()
+    rng = (torch.get_rng_state(), tensor_parallel.get_cuda_rng_tracker().get_states(),
+           torch.cuda.get_rng_state() if torch.cuda.is_available() else None)
     start = time.perf_counter()
     try:
         results = evaluate(model, trainer.tokenizer, tasks, lengths, None, documents=documents,
@@ -147,6 +148,8 @@ def evaluate_phase(trainer, phase, step: int) -> Dict:
     finally:
         torch.set_rng_state(rng[0])
         tensor_parallel.get_cuda_rng_tracker().set_states(rng[1])
+        if rng[2] is not None:
+            torch.cuda.set_rng_state(rng[2])
     last = trainer.history[-1] if trainer.history else {}
     results.update(phase=phase.name, step=step, global_step=last.get("global_step"))
     out_dir = os.path.join(trainer.recipe.checkpoint.dir, "eval", phase.name, f"step_{step}")
