@@ -1,0 +1,203 @@
+"""pytest tests/attention/test_core_attention.py
+
+megamid's core attention on one process: SDPA vs a plain softmax with GQA, packed documents vs the
+documents run separately (outputs and gradients), the masked block with its log-sum-exp, the batch
+sharding of context parallelism and RoPE on a shard. GPU paths (flash / cuDNN SDPA, FlexAttention)
+are `gpu`-marked and compared with the same references.
+"""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from megamid.attention.context_parallel import shard_batch
+from megamid.attention.core_attention import MegamidCoreAttention
+from megamid.attention.local import (allowed, block_attention, causal_sdpa, document_ids, reference_attention,
+                                     varlen_sdpa)
+from megamid.config.base import ConfigError
+
+B, HQ, HK, D = 2, 4, 2, 8
+
+
+class _Group:
+    def __init__(self, size=1):
+        self._size = size
+
+    def size(self):
+        return self._size
+
+
+def _module(heads=HQ, groups=HK, dropout=0.0):
+    from megatron.core.transformer.enums import AttnMaskType
+
+    config = SimpleNamespace(num_attention_heads=heads, num_query_groups=groups, kv_channels=D,
+                             attention_dropout=dropout, softmax_type="vanilla", window_size=None)
+    return MegamidCoreAttention(config, 1, AttnMaskType.causal, "self",
+                                pg_collection=SimpleNamespace(tp=_Group(), cp=None))
+
+
+def _qkv(s, b=B, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, b, h, D, generator=g, dtype=dtype, requires_grad=True) for h in (HQ, HK, HK)]
+
+
+def _grads(out, inputs, seed=1):
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
+    return torch.autograd.grad(out, inputs, g)
+
+
+def test_sdpa_matches_plain_softmax_with_gqa():
+    s = 24
+    q, k, v = (t.detach().permute(1, 2, 0, 3).requires_grad_() for t in _qkv(s))
+    pos = torch.arange(s)
+    got = causal_sdpa(q, k, v, D ** -0.5)
+    want = reference_attention(q, k, v, allowed(pos, pos, None, None))
+    torch.testing.assert_close(got, want)
+    for a, b in zip(_grads(got, (q, k, v)), _grads(want, (q, k, v))):
+        torch.testing.assert_close(a, b)
+
+
+def test_module_output_layout_and_causality():
+    s = 16
+    q, k, v = _qkv(s)
+    out = _module()(q, k, v, None)
+    assert out.shape == (s, B, HQ * D)
+    # changing the last token's key/value leaves every earlier output alone
+    k2, v2 = k.detach().clone(), v.detach().clone()
+    k2[-1] += 1.0
+    v2[-1] -= 1.0
+    out2 = _module()(q, k2, v2, None)
+    torch.testing.assert_close(out2[:-1], out[:-1])
+    assert not torch.allclose(out2[-1], out[-1])
+
+
+def _packed_params(cu, b, s):
+    from megamid.attention.packed import DocumentPackedSeqParams
+
+    return DocumentPackedSeqParams(qkv_format="sbhd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=s,
+                                   max_seqlen_kv=s, document_ids=document_ids(cu, b, s))
+
+
+def test_packed_documents_match_separate_runs():
+    """Two rows of 20 tokens holding documents of 7, 9, 4 | 20 tokens: the packed forward and backward
+    equal each document run on its own."""
+    s = 20
+    cu = torch.tensor([0, 7, 16, 20, 40], dtype=torch.int32)
+    q, k, v = _qkv(s)
+    module = _module()
+    packed = module(q, k, v, None, packed_seq_params=_packed_params(cu, B, s))
+    packed_grads = _grads(packed, (q, k, v))
+    separate = torch.zeros_like(packed)
+    bounds = cu.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        row, lo = divmod(start, s)
+        hi = lo + end - start
+        piece = module(*(t[lo:hi, row:row + 1] for t in (q, k, v)), None)
+        separate[lo:hi, row:row + 1] = piece
+    torch.testing.assert_close(packed, separate)
+    for a, b in zip(packed_grads, _grads(separate, (q, k, v))):
+        torch.testing.assert_close(a, b)
+    # and the masked-block path (the GPU / context-parallel logic, here in its CPU form) agrees
+    qb, kb, vb = (t.detach().permute(1, 2, 0, 3) for t in (q, k, v))
+    doc, pos = document_ids(cu, B, s), torch.arange(s)
+    out, _ = block_attention(qb, kb, vb, pos, pos, doc, doc)
+    torch.testing.assert_close(out.double(), packed.detach().reshape(s, B, HQ, D).permute(1, 2, 0, 3),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_block_attention_lse_and_empty_rows():
+    s = 12
+    q, k, v = (t.detach().permute(1, 2, 0, 3).requires_grad_() for t in _qkv(s))
+    q_pos = torch.arange(s)
+    k_pos = torch.arange(s) + 4           # the first 4 queries see no key
+    out, lse = block_attention(q, k, v, q_pos, k_pos)
+    assert out.dtype == lse.dtype == torch.float32
+    mask = allowed(q_pos, k_pos, None, None)
+    kr = k.repeat_interleave(HQ // HK, 1)
+    scores = (q @ kr.transpose(-1, -2)) * D ** -0.5
+    want_lse = torch.logsumexp(scores.masked_fill(~mask[:, None], float("-inf")), -1)
+    torch.testing.assert_close(lse.double(), want_lse, rtol=1e-5, atol=1e-5)
+    assert torch.isneginf(lse[:, :, :4]).all() and (out[:, :, :4] == 0).all()
+    torch.testing.assert_close(out[:, :, 4:].double(),
+                               reference_attention(q, k, v, mask)[:, :, 4:], rtol=1e-5, atol=1e-6)
+    grads = torch.autograd.grad((out.sum() + lse[:, :, 4:].sum()), (q, k, v))
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_varlen_rejects_a_document_crossing_rows():
+    q = torch.zeros(1, 2, 8, D)
+    with pytest.raises(ValueError, match="crosses row"):
+        varlen_sdpa(q, q, q, torch.tensor([0, 3, 12, 16]), D ** -0.5)
+
+
+def test_shard_batch_dual_chunk_layout():
+    s, cp = 16, 2
+    tokens = torch.arange(B * s).reshape(B, s)
+    cu = torch.tensor([0, 5, 16, 32], dtype=torch.int32)
+    batch = {"tokens": tokens, "labels": tokens + 1, "loss_mask": torch.ones(B, s),
+             "position_ids": torch.arange(s).expand(B, s), "source": torch.tensor([0, 1]), "cu_seqlens": cu}
+    shards = [shard_batch(batch, cp, r) for r in range(cp)]
+    chunk = s // (2 * cp)
+    assert shards[0]["position_ids"][0].tolist() == list(range(0, chunk)) + list(range(3 * chunk, 4 * chunk))
+    assert shards[1]["position_ids"][0].tolist() == list(range(chunk, 3 * chunk))
+    assert torch.equal(shards[1]["tokens"], tokens[:, chunk:3 * chunk])
+    assert shards[0]["cu_seqlens"] is cu and torch.equal(shards[0]["source"], batch["source"])
+    # every token lands on exactly one rank
+    seen = torch.cat([sh["tokens"] for sh in shards], 1).sort(1).values
+    assert torch.equal(seen, tokens)
+    with pytest.raises(ConfigError, match="training.seq_len"):
+        shard_batch({k: v[:, :14] if k in ("tokens",) else v for k, v in batch.items()}, cp, 0)
+
+
+def test_rope_on_a_cp_shard_equals_the_unsharded_rope():
+    from megamid.rope import RopeScaling
+    from megamid.rope.rotary_embedding import ScaledRotaryEmbedding
+
+    rope = ScaledRotaryEmbedding(RopeScaling.from_dict(
+        {"type": "yarn", "factor": 4, "original_max_position_embeddings": 32, "theta": 10000}, head_dim=D))
+    s = 64
+    positions = torch.arange(s).expand(B, s)
+    full = rope.freqs_for_positions(positions, seq_len=s)
+    for r in range(2):
+        shard = shard_batch({"position_ids": positions, "tokens": positions}, 2, r)["position_ids"]
+        got = rope.freqs_for_positions(shard, seq_len=s)
+        torch.testing.assert_close(got, full[shard[0]], rtol=0, atol=0)
+
+
+def test_cp_refuses_dropout():
+    module = _module(dropout=0.1)
+    module.cp_group = _Group(2)
+    q, k, v = _qkv(8)
+    with pytest.raises(ConfigError, match="attention_dropout"):
+        module(q, k, v, None)
+
+
+# ---- GPU paths: flash / efficient / cuDNN SDPA and FlexAttention -----------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_sdpa_matches_reference(dtype):
+    s = 256
+    q, k, v = (t.detach().cuda().to(dtype).permute(1, 2, 0, 3).requires_grad_() for t in _qkv(s, dtype=torch.float32))
+    got = causal_sdpa(q, k, v, D ** -0.5)
+    pos = torch.arange(s, device="cuda")
+    want = reference_attention(*(t.double() for t in (q, k, v)), allowed(pos, pos, None, None))
+    ref_low = reference_attention(q, k, v, allowed(pos, pos, None, None))
+    tol = 2 * (ref_low.double() - want).abs().max().item() + 1e-3
+    assert (got.double() - want).abs().max().item() <= tol
+
+
+@pytest.mark.gpu
+def test_gpu_flex_documents_and_lse_match_cpu():
+    s = 256
+    cu = torch.tensor([0, 70, 200, 256, 300, 512], dtype=torch.int32)
+    q, k, v = (t.detach().permute(1, 2, 0, 3).float() for t in _qkv(s))
+    doc, pos = document_ids(cu, B, s), torch.arange(s)
+    want_out, want_lse = block_attention(q, k, v, pos, pos, doc, doc)
+    qc, kc, vc = (t.cuda().requires_grad_() for t in (q, k, v))
+    out, lse = block_attention(qc, kc, vc, pos.cuda(), pos.cuda(), doc.cuda(), doc.cuda())
+    torch.testing.assert_close(out.cpu(), want_out, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(lse.cpu(), want_lse, rtol=1e-3, atol=1e-3)
+    (out.sum() + lse.sum()).backward()   # gradients flow through FlexAttention's lse
+    assert torch.isfinite(qc.grad).all()
