@@ -151,11 +151,11 @@ class _RingAttention(torch.autograd.Function):
         positions = [rank_positions(s, group, j, q.device) for j in range(cp)]
         q_pos = positions[rank]
         q_doc = None if doc is None else doc[:, q_pos]
-        g = grad_out.float()
+        g = grad_out.to(out.dtype)   # float32 (float64 for float64 inputs)
         lse_safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
-        dq = torch.zeros_like(q, dtype=torch.float32)
+        dq = torch.zeros_like(q, dtype=out.dtype)
         kv = torch.stack([k, v]).contiguous()
-        dkv = torch.zeros_like(kv, dtype=torch.float32)   # travels with its block; home after cp hops
+        dkv = torch.zeros_like(kv, dtype=out.dtype)   # travels with its block; home after cp hops
         for step in range(cp):
             src = (rank - step) % cp
             recv_kv, reqs = _exchange(kv, group) if step < cp - 1 else (None, [])

@@ -105,6 +105,14 @@ class MegamidCoreAttention(MegatronModule):
         if mask_type != AttnMaskType.causal:
             return torch.nn.functional.scaled_dot_product_attention(
                 q, k, v, dropout_p=dropout, scale=self.softmax_scale, enable_gqa=q.shape[1] != k.shape[1])
+        if doc is None and q.shape[2] != k.shape[2]:
+            # queries are the last sq of sk tokens (decoding with a KV cache): SDPA's is_causal would
+            # align them with the first keys instead
+            if dropout > 0:
+                raise ConfigError("attention dropout with cached keys (sq != sk) is not supported")
+            k_pos = torch.arange(k.shape[2], device=q.device)
+            out, _ = block_attention(q, k, v, k_pos[k.shape[2] - q.shape[2]:], k_pos, None, None, self.softmax_scale)
+            return out.to(q.dtype)
         if doc is None:
             return causal_sdpa(q, k, v, self.softmax_scale, dropout)
         if not q.is_cuda:

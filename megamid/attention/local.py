@@ -73,12 +73,13 @@ def allowed(q_pos: Tensor, k_pos: Tensor, q_doc: Tensor | None, k_doc: Tensor | 
 
 
 def _math_block(q, k, v, mask, scale):
-    """Masked softmax in float32 with the log-sum-exp; rows with no allowed key give out 0, lse -inf
-    (and zero gradients, not NaN)."""
+    """Masked softmax (at least float32) with the log-sum-exp; rows with no allowed key give out 0,
+    lse -inf (and zero gradients, not NaN)."""
     b, hq, sq, d = q.shape
     hk = k.shape[1]
-    qg = q.float().reshape(b, hk, hq // hk, sq, d)
-    scores = torch.matmul(qg, k.float()[:, :, None].transpose(-1, -2)) * scale   # [b, hk, g, sq, sk]
+    work = torch.promote_types(q.dtype, torch.float32)
+    qg = q.to(work).reshape(b, hk, hq // hk, sq, d)
+    scores = torch.matmul(qg, k.to(work)[:, :, None].transpose(-1, -2)) * scale   # [b, hk, g, sq, sk]
     scores = scores.masked_fill(~mask[:, None, None], float("-inf"))
     m = scores.amax(-1, keepdim=True).detach()
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
@@ -86,7 +87,7 @@ def _math_block(q, k, v, mask, scale):
     total = p.sum(-1, keepdim=True)
     seen = total > 0
     total = torch.where(seen, total, torch.ones_like(total))
-    out = torch.matmul(p, v.float()[:, :, None]) / total
+    out = torch.matmul(p, v.to(work)[:, :, None]) / total
     lse = torch.where(seen, m + torch.log(total), torch.full_like(total, float("-inf")))
     return out.reshape(b, hq, sq, d), lse.reshape(b, hq, sq)
 
@@ -116,7 +117,8 @@ def flex_block_mask(q_pos: Tensor, k_pos: Tensor, q_doc: Tensor | None, k_doc: T
 
 def block_attention(q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor, q_doc: Tensor | None = None,
                     k_doc: Tensor | None = None, scale: float | None = None, block_mask=None) -> tuple[Tensor, Tensor]:
-    """(out float32 [b, hq, sq, d], lse float32 [b, hq, sq]) of q against the block k, v [b, hk, sk, d].
+    """(out [b, hq, sq, d], lse [b, hq, sq]) of q against the block k, v [b, hk, sk, d], both float32
+    (float64 for float64 inputs on CPU).
 
     q_pos [sq], k_pos [sk]: global token positions (a key is seen at or before its query);
     q_doc [b, sq], k_doc [b, sk]: document ids, or None for one document per row. block_mask: a

@@ -112,7 +112,7 @@ def test_block_attention_lse_and_empty_rows():
     q_pos = torch.arange(s)
     k_pos = torch.arange(s) + 4           # the first 4 queries see no key
     out, lse = block_attention(q, k, v, q_pos, k_pos)
-    assert out.dtype == lse.dtype == torch.float32
+    assert out.dtype == lse.dtype == torch.float64
     mask = allowed(q_pos, k_pos, None, None)
     kr = k.repeat_interleave(HQ // HK, 1)
     scores = (q @ kr.transpose(-1, -2)) * D ** -0.5
@@ -201,3 +201,12 @@ def test_gpu_flex_documents_and_lse_match_cpu():
     torch.testing.assert_close(lse.cpu(), want_lse, rtol=1e-3, atol=1e-3)
     (out.sum() + lse.sum()).backward()   # gradients flow through FlexAttention's lse
     assert torch.isfinite(qc.grad).all()
+
+
+def test_cached_keys_align_queries_with_the_last_keys():
+    """sq < sk (a decode step with a KV cache): the queries are the last sq tokens."""
+    s = 10
+    q, k, v = _qkv(s)
+    full = _module()(q, k, v, None)
+    last = _module()(q[-3:], k, v, None)
+    torch.testing.assert_close(last, full[-3:])
