@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from megamid.attention.local import block_attention, flex_block_mask
+from megamid.attention.local import block_attention
 from megamid.config.base import fail
 from megamid.kernels.attention_merge import merge_attention
 from megamid.rope.positions import cp_shard_positions
@@ -186,5 +186,4 @@ def ring_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, group, doc: Te
 
 CP_SCHEMES = {"allgather": allgather_attention, "ring": ring_attention}
 
-__all__ = ["CP_SCHEMES", "allgather_attention", "rank_positions", "ring_attention", "shard_batch",
-           "flex_block_mask"]
+__all__ = ["CP_SCHEMES", "allgather_attention", "rank_positions", "ring_attention", "shard_batch"]
