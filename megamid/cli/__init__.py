@@ -37,7 +37,8 @@ def main(argv=None) -> int:
     module = importlib.import_module(f"megamid.cli.{name}")
     cmd_parser = argparse.ArgumentParser(prog=f"megamid {name}", description=COMMANDS[name])
     module.add_arguments(cmd_parser)
-    args = cmd_parser.parse_args(argv[1:])
+    # Intermixed: options may follow the key=value overrides (`megamid train R.yaml a=b --exit-after-steps 5`).
+    args = cmd_parser.parse_intermixed_args(argv[1:])
     from megamid.config import ConfigError  # local: keep `megamid --help` free of heavy imports
 
     try:

@@ -132,11 +132,7 @@ def build(cls, data: Any, path: str = ""):
     for name, value in data.items():
         kwargs[name] = _coerce(f"{path}.{name}" if path else name, hints[name], value)
     try:
-        return cls(**kwargs)
-    except ConfigError as exc:
-        if path and not str(exc).startswith(path):
-            raise ConfigError(f"{path}.{exc}") from None
-        raise
+        return cls(**kwargs)  # __post_init__ errors name their fields in full already
     except TypeError as exc:  # a required field is missing
         raise ConfigError(f"{path or cls.__name__}: {exc}") from None
 

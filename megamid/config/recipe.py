@@ -39,6 +39,10 @@ class PhaseConfig:
             if getattr(self, key) is not None:
                 check_positive(f"phases[{self.name}].{key}", getattr(self, key))
         check_choice(f"phases[{self.name}].optimizer_state", self.optimizer_state, ("carry", "reset"))
+        if self.eval is not None:
+            from megamid.eval.in_loop import check_eval_config
+
+            check_eval_config(self.name, self.eval)
 
 
 @dataclass(frozen=True)

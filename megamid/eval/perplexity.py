@@ -108,7 +108,8 @@ def load_documents(path: str, max_documents: Optional[int] = None) -> List[np.nd
 
         ds = IndexedDataset(path)
         n = len(ds) if max_documents is None else min(len(ds), max_documents)
-        docs = [np.asarray(ds[i]) for i in range(n)]
+        # Copies: megatron's items are views of a memory map that closes when `ds` goes away.
+        docs = [np.array(ds[i]) for i in range(n)]
     else:
         raise FileNotFoundError(f"no documents at {path!r}: expected .npy, .npz or an indexed dataset prefix")
     return docs[:max_documents] if max_documents is not None else docs
