@@ -98,6 +98,9 @@ class Trainer:
         self.chunks = wrap_ddp(build_gpt_chunks(self.recipe.model, p, phase.training.recompute), p)
         self.layout = layout
         self._rope = self.recipe.model.rope
+        from megamid.attention import describe_attention
+
+        self.log(describe_attention(p))
         self._build_optimizer(phase)
 
     def _build_optimizer(self, phase: Phase) -> None:
@@ -121,6 +124,14 @@ class Trainer:
             set_rope(chunk, phase.rope)
         self._rope = phase.rope
         self.log(f"rope: {phase.rope}")
+
+    def _set_rope_length(self, phase: Phase) -> None:
+        """Length-dependent scalings (dynamic NTK, LongRoPE) must see the global sequence length on every
+        context-parallel rank, not the largest position of the rank's own shard."""
+        from megamid.model import unwrap
+
+        for chunk in self.chunks:
+            unwrap(chunk).rope_seq_len = phase.training.seq_len if phase.parallel.context_parallel_size > 1 else None
 
     def _data(self, phase: Phase, start_tokens: dict):
         from megamid.config.data import DataConfig
@@ -315,6 +326,7 @@ class Trainer:
                                  load_optimizer=False)
             self.log(f"initialised weights from base checkpoint {base}")
         self._apply_rope(phase)
+        self._set_rope_length(phase)
 
     def _schedule(self, phase: Phase) -> LRSchedule:
         schedule = LRSchedule.from_dict(phase.training.lr, f"phases[{phase.name}].lr")
