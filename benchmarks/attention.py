@@ -22,6 +22,8 @@ import time
 
 import torch
 
+from cuda_timing import median_ms  # benchmarks/ is on sys.path when a script here runs
+
 FA3_FWD_TFLOPS_16K = 650.0
 HQ, HK, D = 32, 8, 128
 
@@ -31,19 +33,7 @@ def parse_seqs(text):
 
 
 def time_ms(fn, iters):
-    """Median of `iters` CUDA-event timings after two warm-ups, in milliseconds."""
-    for _ in range(2):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+    return median_ms(fn, iters, warmup=2)
 
 
 def causal_flops(s, heads=HQ, d=D, batch=1):

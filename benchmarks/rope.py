@@ -17,6 +17,8 @@ import warnings
 
 import torch
 
+from cuda_timing import median_ms  # benchmarks/ is on sys.path when a script here runs
+
 HQ, HK, D = 32, 8, 128
 SHAPES = {"8k": 8192, "32k": 32768, "128k": 131072, "thd": 65536}
 
@@ -35,19 +37,7 @@ def yarn_inv_freq(factor=16.0, base=500000.0, original=8192, beta_fast=32.0, bet
 
 
 def time_us(fn, iters):
-    """Median of `iters` CUDA-event timings after a warm-up, in microseconds."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
-    return sorted(times)[len(times) // 2]
+    return median_ms(fn, iters) * 1e3
 
 
 def with_kernels(mode, fn):

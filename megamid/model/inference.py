@@ -142,17 +142,6 @@ class MegatronLM:
         return out[:b]
 
 
-def _checkpoint_path(path: str) -> str:
-    from megamid.train import checkpoint as ckpt
-
-    if os.path.isfile(os.path.join(path, ckpt.LATEST)):
-        return ckpt.find_latest(path)
-    if not os.path.isfile(os.path.join(path, ckpt.STATE_FILE)):
-        raise FileNotFoundError(f"{path!r} is not a megamid checkpoint: expected {ckpt.STATE_FILE} in it, "
-                                f"or a checkpoint directory with a '{ckpt.LATEST}' pointer")
-    return path
-
-
 def load_for_eval(ckpt_path: str, max_batch: int = 4):
     """(MegatronLM, tokenizer) for a checkpoint written by `megamid train` (an iter_N dir or its parent
     with `latest`). Builds the recipe's model unsharded (TP=PP=1, any saved layout reshards on load)
@@ -165,7 +154,9 @@ def load_for_eval(ckpt_path: str, max_batch: int = 4):
     from megamid.platform import Layout, init_model_parallel, set_seed
     from megamid.train import checkpoint as ckpt
 
-    path = _checkpoint_path(ckpt_path)
+    from megamid.train import checkpoint as ckpt
+
+    path = ckpt.resolve_checkpoint(ckpt_path, "CKPT")
     meta = ckpt.read_state(path)
     recipe = build(RecipeConfig, meta["config"])
     phase_name = meta["state"]["phase"]

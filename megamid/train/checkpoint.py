@@ -62,6 +62,18 @@ def find_phase_end(ckpt_dir: str, phase: str, phase_steps: int):
     return None
 
 
+def resolve_checkpoint(path: str, field: str = "checkpoint") -> str:
+    """A complete checkpoint directory from `path`: an iter_N directory, or a directory with `latest`."""
+    from megamid.config.base import ConfigError
+
+    if os.path.isfile(os.path.join(path, LATEST)):
+        return find_latest(path)
+    if not os.path.isfile(os.path.join(path, STATE_FILE)):
+        raise ConfigError(f"{field}={path!r} is invalid: it is not a megamid checkpoint (expected a directory with "
+                          f"{STATE_FILE}, or a checkpoint directory with a '{LATEST}' pointer)")
+    return path
+
+
 def read_state(path: str) -> dict:
     state_path = os.path.join(path, STATE_FILE)
     if not os.path.isfile(state_path):

@@ -287,15 +287,6 @@ class Trainer:
         self.log(f"branch {self.branch!r} starts from {path}")
         return path, ckpt.read_state(path)["state"]
 
-    def _base_path(self) -> str:
-        base = self.recipe.base
-        if os.path.isfile(os.path.join(base, ckpt.LATEST)):
-            return ckpt.find_latest(base)
-        if not os.path.isfile(os.path.join(base, ckpt.STATE_FILE)):
-            raise ConfigError(f"base={base!r} is invalid: not a megamid checkpoint (expected a directory "
-                              f"with {ckpt.STATE_FILE}, or a checkpoint directory with a 'latest' pointer)")
-        return base
-
     def _enter_phase(self, phase: Phase, previous, resume, start_step: int) -> None:
         """Model, optimizer, rope and LR for `phase`: resumed, carried from `previous`, or from `base`."""
         layout_changes = previous is not None and self.layout is not None and previous.parallel != phase.parallel
@@ -321,7 +312,7 @@ class Trainer:
                                  load_optimizer=not (start_step == 0 and phase.optimizer_state == "reset"))
             self.log(f"resumed from {resume[0]} (phase {phase.name}, step {start_step})")
         elif previous is None and start_step == 0 and self.recipe.base:
-            base = self._base_path()
+            base = ckpt.resolve_checkpoint(self.recipe.base, "base")
             ckpt.load_checkpoint(base, self.chunks, self.optimizer, phase.parallel.use_distributed_optimizer,
                                  load_optimizer=False)
             self.log(f"initialised weights from base checkpoint {base}")

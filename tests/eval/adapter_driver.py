@@ -20,7 +20,8 @@ def main() -> None:
     from megamid.config.parallel import ParallelConfig
     from megamid.model import build_gpt_chunks, wrap_ddp
     from megamid.model.builder import set_rope
-    from megamid.model.inference import MegatronLM, _checkpoint_path, load_for_eval
+    from megamid.model.inference import MegatronLM, load_for_eval
+    from megamid.train.checkpoint import resolve_checkpoint
     from megamid.platform import Layout, init_model_parallel, shutdown
     from megamid.train import checkpoint as ckpt
 
@@ -36,7 +37,7 @@ def main() -> None:
     report = {"reference": {"logprobs_vs_log_softmax": float((logp - ref["logprobs"]).abs().max()),
                             "last_vs_all": float((ref["last"] - ref["logits"][:, -5:]).abs().max())}}
 
-    path = _checkpoint_path(ckpt_path)
+    path = resolve_checkpoint(ckpt_path)
     meta = ckpt.read_state(path)
     recipe = build(RecipeConfig, meta["config"])
     rope = {p.name: p.rope for p in recipe.resolved_phases()}[meta["state"]["phase"]]
