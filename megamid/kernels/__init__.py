@@ -2,4 +2,6 @@
 oracle and as the fallback where the extension is not built. MEGAMID_KERNELS=auto|cuda|reference.
 
 rope: fused RoPE for Q and K (and Megatron's fused QKV) with any inv_freq and attention factor.
+attention_merge: log-sum-exp merge of partial attention outputs (context-parallel ring attention).
+doc_positions: positions restarting at EOD and cu_seqlens for packed rows (CPU helper).
 """
