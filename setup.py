@@ -125,7 +125,9 @@ setup(
     ],
     extras_require={
         "gpu": ["transformer-engine[pytorch]"],
-        "dev": ["pytest", "transformers", "safetensors", "tokenizers"],
+        # matplotlib (plan --plot, eval figures) and tensorboard (training scalars) are optional at run time
+        "dev": ["pytest", "transformers", "safetensors", "tokenizers", "matplotlib", "tensorboard"],
+        "plot": ["matplotlib"],
     },
     entry_points={"console_scripts": ["megamid=megamid.cli:main"]},
     ext_modules=ext_modules,

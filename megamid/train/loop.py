@@ -19,7 +19,7 @@ from megamid.config import ConfigError, RecipeConfig, to_dict
 from megamid.config.recipe import Phase
 from megamid.optim import LRSchedule, lr_at
 from megamid.optim.builder import build_optimizer, set_lr
-from megamid.platform import Layout, device, init_model_parallel, is_rank0, set_seed
+from megamid.platform import Layout, device, init_model_parallel, init_process_group, is_rank0, set_seed
 from megamid.train import checkpoint as ckpt
 
 
@@ -68,6 +68,7 @@ class Trainer:
         self.phase_start_lr = None     # the LR the current phase started from
         self.last_save = None
         self.phases = recipe.resolved_phases()
+        init_process_group()  # before anything asks which rank this is
         self.log = log if is_rank0() else (lambda *a, **k: None)
         self.history = []          # one dict per logged step (rank 0 has the values)
         self.chunks = self.optimizer = self.layout = None

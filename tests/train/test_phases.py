@@ -61,6 +61,10 @@ def test_kill_in_second_phase_and_resume_equals_uninterrupted(tmp_path, three_ph
     stable = json.load(open(os.path.join(tmp_path / "straight_ckpt", "iter_0000003", "megamid.json")))["state"]
     assert final["data_start"]["syn"] > stable["data_consumed"]["syn"] - 1
     assert final["data_consumed"]["curated"] > 0
+    # TensorBoard scalars are written where tensorboard is installed (the dev extra installs it).
+    pytest.importorskip("tensorboard")
+    events = os.listdir(tmp_path / "straight_ckpt" / "tensorboard")
+    assert any(name.startswith("events.out.tfevents") for name in events)
 
 
 @pytest.mark.slow
