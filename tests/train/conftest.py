@@ -46,16 +46,34 @@ def recipe_file(tmp_path, corpus):
 
 
 def run(out, recipe, *args, nproc=1, env=None, check=True):
-    """Runs the test driver in fresh process(es); returns the CompletedProcess."""
+    """Runs the test driver in fresh process(es); returns a CompletedProcess.
+
+    Each run gets its own session and output files, and the whole session is killed afterwards:
+    megatron's checkpoint writer starts a multiprocessing Manager that outlives a process killed
+    mid-save and would hold captured pipes open forever."""
+    import signal
+    import tempfile
+
     cmd = [sys.executable]
     if nproc > 1:
         cmd += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     cmd += [RUNNER, str(out), recipe, *args]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return proc
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, text=True, env=full_env, start_new_session=True)
+        try:
+            returncode = proc.wait(timeout=900)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        stdout.seek(0)
+        stderr.seek(0)
+        result = subprocess.CompletedProcess(cmd, returncode, stdout.read(), stderr.read())
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return result
 
 
 def load_result(out):
