@@ -1,10 +1,11 @@
 """Megatron-Core model chunks as a `megamid.eval.protocol.LanguageModel`, and checkpoint loading for eval.
 
 `MegatronLM(chunks)` runs a forward-only pass through megatron's pipeline schedule under whatever
-TP/PP(/VPP) layout the chunks were built for (the trainer's own chunks, DDP-wrapped or not). The last
+TP/PP(/VPP)/CP layout the chunks were built for (the trainer's own chunks, DDP-wrapped or not). The last
 pipeline stage gathers the vocab-parallel logits across TP (or computes per-token log-probs with
 megatron's vocab-parallel cross entropy, which never builds [b, s, V] at all), then broadcasts them
-over the pipeline group, so every rank returns the same tensor. Every rank must make the same calls.
+over the pipeline group (after gathering context-parallel shards back into sequence order), so every
+rank returns the same tensor. Every rank must make the same calls.
 
 `load_for_eval(CKPT)` builds the model of a `megamid train` checkpoint in a world of one process
 (or as data-parallel replicas under torchrun), with the rope its phase trained with.
@@ -39,6 +40,21 @@ def _last_stage_output(keep: Tuple[int, int, bool], output_tensor: torch.Tensor,
     return out.float()
 
 
+def _gather_context_parallel(local: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """[b, seq_len / cp, ...] shards of the CP ranks (dual-chunk layout) -> [b, seq_len, ...] in order."""
+    from megatron.core import parallel_state as ps
+
+    from megamid.rope import cp_shard_positions
+
+    cp, group = ps.get_context_parallel_world_size(), ps.get_context_parallel_group()
+    shards = [torch.empty_like(local) for _ in range(cp)]
+    dist.all_gather(shards, local, group=group)
+    full = local.new_empty((local.shape[0], seq_len) + tuple(local.shape[2:]))
+    for rank, shard in enumerate(shards):
+        full[:, cp_shard_positions(seq_len, cp, rank, device=local.device)] = shard
+    return full
+
+
 class MegatronLM:
     """LanguageModel over megatron GPTModel chunks (this rank's virtual stages, in order).
 
@@ -49,9 +65,6 @@ class MegatronLM:
 
         from megamid.model import unwrap
 
-        if ps.get_context_parallel_world_size() > 1:
-            raise ConfigError(f"context_parallel_size={ps.get_context_parallel_world_size()} is not supported "
-                              "by megamid.model.inference.MegatronLM yet: evaluate with context_parallel_size=1")
         if max_batch < 1:
             raise ValueError(f"max_batch={max_batch} is invalid: must be >= 1")
         self.chunks = list(chunks)
@@ -99,6 +112,11 @@ class MegatronLM:
             # Sequence parallelism splits positions over TP; right padding never changes a causal prefix.
             tp = ps.get_tensor_model_parallel_world_size()
             pad_to = -(-s // tp) * tp
+        cp = ps.get_context_parallel_world_size()
+        if cp > 1:
+            # Context parallelism shards positions in 2*cp chunks; right padding never changes a causal prefix.
+            multiple = 2 * cp * (ps.get_tensor_model_parallel_world_size() if self.config.sequence_parallel else 1)
+            pad_to = -(-pad_to // multiple) * multiple
         pp = ps.get_pipeline_model_parallel_world_size()
         # The interleaved schedule needs at least PP micro-batches: pad with copies of the last row.
         num_micro = pp if len(self.chunks) > 1 else 1
@@ -111,11 +129,18 @@ class MegatronLM:
                 labels = torch.nn.functional.pad(labels.to(self.device), (0, pad_to - s), value=0)
                 labels = torch.cat([labels, labels[-1:].expand(rows - b, -1)])
         position_ids = torch.arange(pad_to, device=self.device).unsqueeze(0).expand(micro, -1)
+        # Under CP each rank keeps all of its shard; the positions asked for are cut after the CP gather.
+        stage_keep = keep if cp == 1 else (0, pad_to // cp, keep[2])
         batches = []
         for m in range(num_micro):
-            batch = {"tokens": tokens[m * micro : (m + 1) * micro], "position_ids": position_ids, "keep": keep}
+            batch = {"tokens": tokens[m * micro : (m + 1) * micro], "position_ids": position_ids}
             if labels is not None:
                 batch["labels"] = labels[m * micro : (m + 1) * micro].to(self.device)
+            if cp > 1:
+                from megamid.attention.context_parallel import shard_batch
+
+                batch = shard_batch(batch, cp, ps.get_context_parallel_rank())
+            batch["keep"] = stage_keep
             batches.append(batch)
         with self._eval_mode():
             iterators = [iter(batches) for _ in self.chunks]
@@ -133,6 +158,8 @@ class MegatronLM:
         shape = (rows, n) if width is None else (rows, n, width)
         if ps.is_pipeline_last_stage(ignore_virtual=True):
             out = torch.cat(list(outputs)).contiguous()
+            if cp > 1:
+                out = _gather_context_parallel(out, pad_to)[:, keep[0]:keep[1]].contiguous()
             assert tuple(out.shape) == shape, (tuple(out.shape), shape)
         else:
             out = torch.empty(shape, dtype=torch.float32, device=self.device)

@@ -43,10 +43,12 @@ def main() -> None:
     rope = {p.name: p.rope for p in recipe.resolved_phases()}[meta["state"]["phase"]]
     layouts = {"tp2": ParallelConfig(tensor_model_parallel_size=2),
                "pp2_ddp": ParallelConfig(pipeline_model_parallel_size=2),
-               "pp2_vpp2": ParallelConfig(pipeline_model_parallel_size=2, virtual_pipeline_model_parallel_size=2)}
+               "pp2_vpp2": ParallelConfig(pipeline_model_parallel_size=2, virtual_pipeline_model_parallel_size=2),
+               "cp2_allgather": ParallelConfig(context_parallel_size=2, cp_comm="allgather"),
+               "cp2_ring": ParallelConfig(context_parallel_size=2, cp_comm="ring")}
     for name, parallel in layouts.items():
         init_model_parallel(Layout(parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size,
-                                   parallel.virtual_pipeline_model_parallel_size))
+                                   parallel.virtual_pipeline_model_parallel_size, parallel.context_parallel_size))
         chunks = build_gpt_chunks(recipe.model, parallel)
         for c in chunks:
             set_rope(c, rope)

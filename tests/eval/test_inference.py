@@ -51,8 +51,8 @@ def test_adapter_is_layout_independent(run_dir, tmp_path):
     reports = [json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1)]
     for rep in reports:
         assert rep["reference"]["logprobs_vs_log_softmax"] < 1e-5 and rep["reference"]["last_vs_all"] == 0
-        for layout in ("tp2", "pp2_ddp", "pp2_vpp2"):
+        for layout in ("tp2", "pp2_ddp", "pp2_vpp2", "cp2_allgather", "cp2_ring"):
             assert max(rep[layout][k] for k in ("logits", "last", "logprobs")) < 1e-5, (layout, rep[layout])
             assert rep[layout]["train_mode_restored"], layout
-    for layout in ("tp2", "pp2_ddp", "pp2_vpp2"):
+    for layout in ("tp2", "pp2_ddp", "pp2_vpp2", "cp2_allgather", "cp2_ring"):
         assert reports[0][layout]["checksum"] == reports[1][layout]["checksum"], layout
