@@ -18,18 +18,6 @@ from megamid.config import ConfigError, ModelConfig, build
 from megamid.recipe.plan import model_differences
 
 
-def resolve_checkpoint(path: str) -> str:
-    """A checkpoint directory, or a run's checkpoint dir with a `latest` pointer -> the checkpoint."""
-    from megamid.train.checkpoint import LATEST, STATE_FILE, find_latest
-
-    if os.path.isfile(os.path.join(path, LATEST)):
-        return find_latest(path)
-    if not os.path.isfile(os.path.join(path, STATE_FILE)):
-        raise ConfigError(f"checkpoint {path!r} is invalid: not a megamid checkpoint (expected a directory with "
-                          f"{STATE_FILE}, or one with a '{LATEST}' pointer)")
-    return path
-
-
 def normalised_weights(weights, count: int) -> list:
     """`weights` (default: equal) as floats summing to 1; errors name --weights."""
     if weights is None:
@@ -81,6 +69,8 @@ def average_checkpoints(paths: list, out_dir: str, weights=None, log=print) -> s
 
     if not paths:
         raise ConfigError("checkpoints=[] is invalid: give at least one checkpoint to average")
+    from megamid.train.checkpoint import resolve_checkpoint
+
     paths = [resolve_checkpoint(p) for p in paths]
     weights = normalised_weights(weights, len(paths))
     if os.path.exists(out_dir) and os.listdir(out_dir):

@@ -226,14 +226,14 @@ def _write_recipe_snippet(path: str, recipe: dict, base: str, hf_dir: str) -> No
 
 # ---- megamid -> HF ---------------------------------------------------------------------------------
 def resolve_checkpoint(ckpt: str) -> str:
-    """A checkpoint directory (with megamid.json), or a run's checkpoint dir whose `latest` names one."""
-    from megamid.train.checkpoint import LATEST, find_latest
+    """megamid.train.checkpoint.resolve_checkpoint, reported as this tool's file error."""
+    from megamid.config.base import ConfigError
+    from megamid.train import checkpoint
 
-    if os.path.isfile(os.path.join(ckpt, LATEST)):
-        return find_latest(ckpt)
-    if not os.path.isfile(os.path.join(ckpt, STATE_FILE)):
-        raise CheckpointFileError(f"--ckpt {ckpt}: not a megamid checkpoint (no {STATE_FILE}, no '{LATEST}' pointer)")
-    return ckpt
+    try:
+        return checkpoint.resolve_checkpoint(ckpt, "--ckpt")
+    except ConfigError as exc:
+        raise CheckpointFileError(str(exc)) from None
 
 
 def trained_rope(meta: dict) -> dict:
