@@ -31,11 +31,12 @@ nvcc-check:
 	  done; rm -rf $$tmp; \
 	else echo "nvcc not found: skipping the CUDA compile check"; fi
 
+# --basetemp: this checkout's own temp folder (pytest prunes the shared /tmp/pytest-of-USER between sessions)
 test: install nvcc-check
-	$(BIN)/python -m pytest -q -ra tests
+	$(BIN)/python -m pytest -q -ra --basetemp=.pytest_tmp tests
 
 test-fast: install
-	$(BIN)/python -m pytest -q -ra -m "not slow" tests
+	$(BIN)/python -m pytest -q -ra --basetemp=.pytest_tmp -m "not slow" tests
 
 clean:
 	rm -rf build *.egg-info megamid/*.so

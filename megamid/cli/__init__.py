@@ -37,8 +37,10 @@ def main(argv=None) -> int:
     module = importlib.import_module(f"megamid.cli.{name}")
     cmd_parser = argparse.ArgumentParser(prog=f"megamid {name}", description=COMMANDS[name])
     module.add_arguments(cmd_parser)
-    # Intermixed: options may follow the key=value overrides (`megamid train R.yaml a=b --exit-after-steps 5`).
-    args = cmd_parser.parse_intermixed_args(argv[1:])
+    # Intermixed: options may follow the key=value overrides (`megamid train R.yaml a=b --exit-after-steps 5`);
+    # argparse cannot intermix commands that have subcommands (`megamid data prepare ...`).
+    has_subcommands = any(isinstance(a, argparse._SubParsersAction) for a in cmd_parser._actions)
+    args = cmd_parser.parse_args(argv[1:]) if has_subcommands else cmd_parser.parse_intermixed_args(argv[1:])
     from megamid.config import ConfigError  # local: keep `megamid --help` free of heavy imports
 
     try:
