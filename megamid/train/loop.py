@@ -373,14 +373,15 @@ class Trainer:
                 metrics = self.monitor.record(phase, metrics, time.perf_counter() - t0,
                                               dist.get_world_size() if dist.is_initialized() else 1, log_now)
                 self.history.append(metrics)
-                final = step + 1 == phase.steps and self.recipe.checkpoint.save_final
-                if final or (phase.save_interval and (step + 1) % phase.save_interval == 0):
-                    self._save(phase, step + 1, self.global_step)
+                # Evaluate before saving: a run killed in between redoes the step and its evaluation.
                 if phase.eval and (step + 1 == phase.steps or (phase.eval.get("interval")
                                                                and (step + 1) % phase.eval["interval"] == 0)):
                     from megamid.eval.in_loop import evaluate_phase
 
                     evaluate_phase(self, phase, step + 1)
+                final = step + 1 == phase.steps and self.recipe.checkpoint.save_final
+                if final or (phase.save_interval and (step + 1) % phase.save_interval == 0):
+                    self._save(phase, step + 1, self.global_step)
             self.data_start = samples.consumed_per_source(phase.steps * phase.training.global_batch_size)
             previous, start_step, self.phase_start_lr = phase, 0, self.last_lr
         return {"global_step": self.global_step, "history": self.history, "finished": True}
