@@ -39,18 +39,13 @@ def spec_backend() -> str:
 def validate_layout(model: ModelConfig, parallel: ParallelConfig, where: str = "parallel") -> None:
     """Checks the model divides over the layout; errors name the field, the value and what is valid."""
     tp, pp = parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size
-    if model.num_attention_heads % tp:
-        raise ConfigError(f"model.num_attention_heads={model.num_attention_heads} is invalid with "
-                          f"{where}.tensor_model_parallel_size={tp}: heads must be divisible by TP")
-    if model.query_groups % tp:
-        raise ConfigError(f"model.num_query_groups={model.query_groups} is invalid with "
-                          f"{where}.tensor_model_parallel_size={tp}: query groups must be divisible by TP")
-    if model.vocab_size % tp:
-        raise ConfigError(f"model.vocab_size={model.vocab_size} is invalid with "
-                          f"{where}.tensor_model_parallel_size={tp}: the vocabulary must be divisible by TP")
-    if model.ffn_size % tp:
-        raise ConfigError(f"model.ffn_hidden_size={model.ffn_size} is invalid with "
-                          f"{where}.tensor_model_parallel_size={tp}: must be divisible by TP")
+    for field, value, what in (("num_attention_heads", model.num_attention_heads, "heads"),
+                               ("num_query_groups", model.query_groups, "query groups"),
+                               ("vocab_size", model.vocab_size, "the vocabulary"),
+                               ("ffn_hidden_size", model.ffn_size, "the FFN size")):
+        if value % tp:
+            raise ConfigError(f"model.{field}={value} is invalid with {where}.tensor_model_parallel_size={tp}: "
+                              f"{what} must be divisible by TP")
     stages = pp * parallel.num_model_chunks
     if model.num_layers % stages:
         raise ConfigError(f"model.num_layers={model.num_layers} is invalid with {where}.pipeline_model_parallel_size"
@@ -62,7 +57,7 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, recompute: 
 
     from megamid.attention import CP_COMM_TYPE
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[model.dtype]
+    dtype = model.torch_dtype
     on_cpu = not torch.cuda.is_available()
     kwargs = dict(
         num_layers=model.num_layers,

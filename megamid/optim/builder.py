@@ -7,10 +7,8 @@ from megamid.config.training import TrainingConfig
 
 def build_optimizer(chunks: list, model: ModelConfig, parallel: ParallelConfig, training: TrainingConfig,
                     peak_lr: float):
-    import torch
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[model.dtype]
     config = OptimizerConfig(
         optimizer="adam",
         lr=peak_lr,
@@ -22,7 +20,7 @@ def build_optimizer(chunks: list, model: ModelConfig, parallel: ParallelConfig, 
         clip_grad=training.clip_grad,
         bf16=model.dtype == "bf16",
         fp16=model.dtype == "fp16",
-        params_dtype=dtype,
+        params_dtype=model.torch_dtype,
         initial_loss_scale=2.0 ** 16 if model.dtype == "fp16" else None,
         use_distributed_optimizer=parallel.use_distributed_optimizer,
     )
