@@ -26,6 +26,7 @@ class ModelConfig:
     activation: str = "swiglu"
     add_bias_linear: bool = False
     add_qkv_bias: bool = False                     # Qwen2 style
+    qk_layernorm: bool = False                     # Qwen3 style: RMSNorm over each query / key head before RoPE
     init_method_std: float = 0.02
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
@@ -91,6 +92,6 @@ class ModelConfig:
         h, f, d = self.hidden_size, self.ffn_size, self.head_dim
         attn = h * d * (self.num_attention_heads + 2 * self.query_groups) + self.num_attention_heads * d * h
         mlp = h * f * (3 if self.activation == "swiglu" else 2)
-        per_layer = attn + mlp + 2 * h
+        per_layer = attn + mlp + 2 * h + (2 * d if self.qk_layernorm else 0)
         emb = self.vocab_size * h
         return self.num_layers * per_layer + h + emb * (1 if self.tie_embeddings else 2)

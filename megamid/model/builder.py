@@ -78,6 +78,7 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, recompute: 
         activation_func=F.silu if model.activation == "swiglu" else F.gelu,
         add_bias_linear=model.add_bias_linear,
         add_qkv_bias=model.add_qkv_bias,
+        qk_layernorm=model.qk_layernorm,
         init_method_std=model.init_method_std,
         attention_dropout=model.attention_dropout,
         hidden_dropout=model.hidden_dropout,
@@ -117,8 +118,10 @@ def layer_spec(model: ModelConfig, backend: str):
     from megamid.attention import with_core_attention
 
     if backend == "te":
-        return with_core_attention(gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(), backend)
-    return with_core_attention(gpt_layer_specs.get_gpt_layer_local_spec(normalization=model.normalization), backend)
+        return with_core_attention(
+            gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=model.qk_layernorm), backend)
+    return with_core_attention(gpt_layer_specs.get_gpt_layer_local_spec(
+        normalization=model.normalization, qk_layernorm=model.qk_layernorm), backend)
 
 
 def build_gpt_chunks(model: ModelConfig, parallel: ParallelConfig, recompute: str = "none") -> list:

@@ -23,7 +23,8 @@ from megamid.optim.schedules import LRSchedule, lr_at
 # Model fields that decide the weights' shapes: a base checkpoint must match them (rope, dtype and
 # dropout may change between the base and the recipe).
 SHAPE_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "query_groups", "head_dim", "ffn_size",
-                "vocab_size", "tie_embeddings", "normalization", "activation", "add_bias_linear", "add_qkv_bias")
+                "vocab_size", "tie_embeddings", "normalization", "activation", "add_bias_linear", "add_qkv_bias",
+                "qk_layernorm")
 # Rope types whose positions are bounded by original_max_position_embeddings * factor.
 _BOUNDED_TYPES = ("linear", "ntk", "yarn", "longrope", "llama3")
 
