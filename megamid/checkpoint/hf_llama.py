@@ -1,4 +1,4 @@
-"""Megatron-Core GPT weights <-> transformers Llama (Qwen2 with qkv biases) weights, and the config.json.
+"""Megatron-Core GPT weights <-> transformers Llama / Mistral / Qwen2 / Qwen3 weights, and the config.json.
 
 Pure functions of (state dict, ModelConfig) for one full model (TP=1, PP=1): no megatron imports,
 no I/O. `hf_to_megatron(megatron_to_hf(s, cfg), cfg)` returns every tensor of `s` bit for bit
@@ -11,6 +11,8 @@ The layouts that differ:
   i reads key/value head i // (heads per group) -- the same grouping, so only rows move.
 - MLP: megatron's `linear_fc1` is [gate; up] (SwiGLU: silu of the first half times the second);
   HF has gate_proj and up_proj.
+- Qwen3's per-head q_norm / k_norm are megatron's q_layernorm / k_layernorm (RMSNorm over head_dim,
+  applied before RoPE in both).
 - RoPE needs no permutation: megatron's non-interleaved rotary and HF's rotate_half both pair
   channel j with channel j + rotary_dim / 2.
 """
@@ -27,15 +29,56 @@ from megamid.config.model import ModelConfig
 
 _DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
-# per-layer names that map one to one: megatron suffix -> HF suffix
-_LAYER_RENAMES = {
-    "input_layernorm.weight": "input_layernorm.weight",
-    "pre_mlp_layernorm.weight": "post_attention_layernorm.weight",
-    "self_attention.linear_proj.weight": "self_attn.o_proj.weight",
-    "self_attention.linear_proj.bias": "self_attn.o_proj.bias",
-    "mlp.linear_fc2.weight": "mlp.down_proj.weight",
-    "mlp.linear_fc2.bias": "mlp.down_proj.bias",
-}
+
+def layer_weight_sources(model_cfg: ModelConfig) -> dict[str, tuple[str, ...]]:
+    """The decoder-layer weights this model has: megatron name (after `decoder.layers.{i}.`) -> the HF
+    names (after `model.layers.{i}.`) it is made of, in HF's order. The one table both directions use."""
+    qkv_bias = model_cfg.add_qkv_bias or model_cfg.add_bias_linear
+    table: dict[str, tuple[str, ...]] = {"input_layernorm.weight": ("input_layernorm.weight",)}
+    for suffix in ("weight", "bias") if qkv_bias else ("weight",):
+        table[f"self_attention.linear_qkv.{suffix}"] = tuple(f"self_attn.{x}_proj.{suffix}" for x in "qkv")
+    if model_cfg.qk_layernorm:
+        table["self_attention.q_layernorm.weight"] = ("self_attn.q_norm.weight",)
+        table["self_attention.k_layernorm.weight"] = ("self_attn.k_norm.weight",)
+    biases = ("weight", "bias") if model_cfg.add_bias_linear else ("weight",)
+    for suffix in biases:
+        table[f"self_attention.linear_proj.{suffix}"] = (f"self_attn.o_proj.{suffix}",)
+    table["pre_mlp_layernorm.weight"] = ("post_attention_layernorm.weight",)
+    for suffix in biases:
+        table[f"mlp.linear_fc1.{suffix}"] = (f"mlp.gate_proj.{suffix}", f"mlp.up_proj.{suffix}")
+        table[f"mlp.linear_fc2.{suffix}"] = (f"mlp.down_proj.{suffix}",)
+    return table
+
+
+def _hf_layer_shapes(model_cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Shape of every HF layer weight name (after `model.layers.{i}.`) a Llama-style layer can have."""
+    h, d, f = model_cfg.hidden_size, model_cfg.head_dim, model_cfg.ffn_size
+    rows = {"q": model_cfg.num_attention_heads * d, "k": model_cfg.query_groups * d, "v": model_cfg.query_groups * d}
+    shapes = {"input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,),
+              "self_attn.q_norm.weight": (d,), "self_attn.k_norm.weight": (d,),
+              "self_attn.o_proj.weight": (h, rows["q"]), "self_attn.o_proj.bias": (h,),
+              "mlp.down_proj.weight": (h, f), "mlp.down_proj.bias": (h,)}
+    for x, r in rows.items():
+        shapes.update({f"self_attn.{x}_proj.weight": (r, h), f"self_attn.{x}_proj.bias": (r,)})
+    for x in ("gate", "up"):
+        shapes.update({f"mlp.{x}_proj.weight": (f, h), f"mlp.{x}_proj.bias": (f,)})
+    return shapes
+
+
+def _from_hf(megatron_name: str, parts: list[Tensor], model_cfg: ModelConfig) -> Tensor:
+    if megatron_name.startswith("self_attention.linear_qkv."):
+        return fuse_qkv(*parts, model_cfg)
+    if megatron_name.startswith("mlp.linear_fc1."):
+        return torch.cat(parts, dim=0)  # megatron's SwiGLU fc1 is [gate; up]
+    return parts[0]
+
+
+def _to_hf(megatron_name: str, tensor: Tensor, model_cfg: ModelConfig) -> list[Tensor]:
+    if megatron_name.startswith("self_attention.linear_qkv."):
+        return list(split_qkv(tensor, model_cfg))
+    if megatron_name.startswith("mlp.linear_fc1."):
+        return [t.contiguous() for t in tensor.chunk(2, dim=0)]
+    return [tensor]
 
 
 def check_llama_like(model_cfg: ModelConfig) -> None:
@@ -119,55 +162,38 @@ def hf_to_megatron(state: Mapping[str, Tensor], model_cfg: ModelConfig) -> dict[
     return out
 
 
-def hf_layer_to_megatron(layer: dict[str, Tensor], model_cfg: ModelConfig, where: str = "") -> dict[str, Tensor]:
+def hf_layer_to_megatron(layer: dict[str, Tensor], model_cfg: ModelConfig, where: str = "",
+                         only: tuple[str, ...] | None = None) -> dict[str, Tensor]:
     """One decoder layer: HF names after `model.layers.{i}.` -> megatron names after `decoder.layers.{i}.`.
 
-    Consumes `layer` (pops what it maps); keys left over are not Llama / Qwen2 weights and raise."""
+    Consumes `layer` (pops what it maps). Converts every weight of the layer, or the megatron weights
+    named in `only` (then `layer` needs just their sources); a missing source, or a key left over when
+    converting the whole layer, raises naming it (`where` prefixes the names)."""
+    table = layer_weight_sources(model_cfg)
     out: dict[str, Tensor] = {}
-
-    def take(name: str) -> Tensor:
-        if name not in layer:
-            fail(where + name, None, "missing from the checkpoint")
-        return layer.pop(name)
-
-    out["input_layernorm.weight"] = take("input_layernorm.weight")
-    for suffix in ("weight", "bias"):
-        if f"self_attn.q_proj.{suffix}" in layer:
-            q, k, v = (take(f"self_attn.{x}_proj.{suffix}") for x in "qkv")
-            out[f"self_attention.linear_qkv.{suffix}"] = fuse_qkv(q, k, v, model_cfg)
-        if f"self_attn.o_proj.{suffix}" in layer:
-            out[f"self_attention.linear_proj.{suffix}"] = take(f"self_attn.o_proj.{suffix}")
-    out["pre_mlp_layernorm.weight"] = take("post_attention_layernorm.weight")
-    for suffix in ("weight", "bias"):
-        if f"mlp.gate_proj.{suffix}" in layer:
-            gate, up = take(f"mlp.gate_proj.{suffix}"), take(f"mlp.up_proj.{suffix}")
-            out[f"mlp.linear_fc1.{suffix}"] = torch.cat([gate, up], dim=0)
-        if f"mlp.down_proj.{suffix}" in layer:
-            out[f"mlp.linear_fc2.{suffix}"] = take(f"mlp.down_proj.{suffix}")
-    if layer:
-        fail("state", sorted(where + k for k in layer)[:5], "keys hf_to_megatron does not know (a Llama / Qwen2 "
-             "checkpoint expected)")
+    for megatron_name in only or table:
+        sources = table.get(megatron_name)
+        if sources is None:
+            fail("decoder.layers.N." + megatron_name, None, f"not a weight of this model ({', '.join(table)})")
+        missing = [where + s for s in sources if s not in layer]
+        if missing:
+            fail(missing[0], None, "missing from the checkpoint")
+        out[megatron_name] = _from_hf(megatron_name, [layer.pop(s) for s in sources], model_cfg)
+    if layer and only is None:
+        fail("state", sorted(where + k for k in layer)[:5], "keys hf_to_megatron does not know (a Llama / Qwen2 / "
+             "Qwen3 checkpoint of this config expected)")
     return out
 
 
 def megatron_layer_to_hf(layer: dict[str, Tensor], model_cfg: ModelConfig) -> dict[str, Tensor]:
     """One decoder layer: megatron names after `decoder.layers.{i}.` -> HF names after `model.layers.{i}.`.
 
-    Consumes `layer`; what it leaves is reported by the caller (megatron_to_hf) as unknown."""
+    Converts the weights present; consumes `layer`, and what it leaves is reported by the caller
+    (megatron_to_hf) as unknown."""
     out: dict[str, Tensor] = {}
-    for suffix in ("weight", "bias"):
-        qkv = layer.pop(f"self_attention.linear_qkv.{suffix}", None)
-        if qkv is not None:
-            for name, t in zip("qkv", split_qkv(qkv, model_cfg)):
-                out[f"self_attn.{name}_proj.{suffix}"] = t
-        fc1 = layer.pop(f"mlp.linear_fc1.{suffix}", None)
-        if fc1 is not None:
-            gate, up = fc1.chunk(2, dim=0)
-            out[f"mlp.gate_proj.{suffix}"] = gate.contiguous()
-            out[f"mlp.up_proj.{suffix}"] = up.contiguous()
-    for megatron_name, hf_name in _LAYER_RENAMES.items():
+    for megatron_name, sources in layer_weight_sources(model_cfg).items():
         if megatron_name in layer:
-            out[hf_name] = layer.pop(megatron_name)
+            out.update(zip(sources, _to_hf(megatron_name, layer.pop(megatron_name), model_cfg)))
     return out
 
 
@@ -178,8 +204,10 @@ def _local_name(key: str) -> str:
 
 
 # ---- config.json -> ModelConfig, and the weights it implies --------------------------------------
-# architectures whose weights are Llama's (Mistral) or Llama's plus q/k/v biases (Qwen2)
-HF_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
+# architectures whose weights are Llama's (Mistral), Llama's plus q/k/v biases (Qwen2) or plus per-head
+# q/k RMSNorms (Qwen3)
+HF_ARCHITECTURES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
+                    "Qwen3ForCausalLM": "qwen3"}
 _DTYPES_FROM_HF = {v: k for k, v in _DTYPE_NAMES.items()}
 
 
@@ -192,14 +220,18 @@ def model_config_from_hf(config: Mapping[str, Any]) -> ModelConfig:
     archs = config.get("architectures") or []
     arch = archs[0] if len(archs) == 1 else None
     if arch not in HF_ARCHITECTURES:
-        fail("config.json architectures", archs, f"expected one of {', '.join(HF_ARCHITECTURES)} (Qwen3's "
-             "q/k norms need a model.qk_layernorm field megamid's ModelConfig does not have yet)")
+        fail("config.json architectures", archs, f"expected one of {', '.join(HF_ARCHITECTURES)}")
     if config.get("hidden_act", "silu") != "silu":
         fail("config.json hidden_act", config.get("hidden_act"), "only silu (SwiGLU) converts")
     add_qkv_bias = add_bias_linear = False
-    if HF_ARCHITECTURES[arch] == "qwen2":
+    family = HF_ARCHITECTURES[arch]
+    if family == "qwen3" and config.get("attention_bias", False):
+        # Qwen3's attention_bias also biases o_proj but not the MLP: megatron has no such combination
+        fail("config.json attention_bias", True, "Qwen3 converts only without attention biases (megatron "
+             "biases q/k/v alone or every linear layer)")
+    if family == "qwen2":
         add_qkv_bias = True  # Qwen2 always has q/k/v biases and no others
-    elif HF_ARCHITECTURES[arch] == "llama":
+    elif family == "llama":
         attention_bias, mlp_bias = bool(config.get("attention_bias", False)), bool(config.get("mlp_bias", False))
         if attention_bias != mlp_bias:
             # megatron's add_bias_linear biases q/k/v, o, and both MLP projections together
@@ -221,6 +253,7 @@ def model_config_from_hf(config: Mapping[str, Any]) -> ModelConfig:
         max_position_embeddings=config.get("max_position_embeddings", 2048), rope=rope.to_dict(),
         tie_embeddings=bool(config.get("tie_word_embeddings", False)), dtype=_DTYPES_FROM_HF[dtype],
         norm_epsilon=config.get("rms_norm_eps", 1e-6), add_bias_linear=add_bias_linear, add_qkv_bias=add_qkv_bias,
+        qk_layernorm=family == "qwen3",
         init_method_std=config.get("initializer_range", 0.02), attention_dropout=config.get("attention_dropout", 0.0))
 
 
@@ -237,23 +270,12 @@ def attention_window_notes(config: Mapping[str, Any]) -> list[str]:
 def hf_weight_shapes(model_cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every HF weight name the model has, with its shape, in the order the importer reads them
     (embedding, layers, final norm, lm_head)."""
-    h, d, f, v = model_cfg.hidden_size, model_cfg.head_dim, model_cfg.ffn_size, model_cfg.vocab_size
-    q_rows, kv_rows = model_cfg.num_attention_heads * d, model_cfg.query_groups * d
+    v, h = model_cfg.vocab_size, model_cfg.hidden_size
+    layer_shapes = _hf_layer_shapes(model_cfg)
+    names = [s for sources in layer_weight_sources(model_cfg).values() for s in sources]
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, h)}
     for i in range(model_cfg.num_layers):
-        p = f"model.layers.{i}."
-        shapes[p + "input_layernorm.weight"] = (h,)
-        for x, rows in (("q", q_rows), ("k", kv_rows), ("v", kv_rows)):
-            shapes[f"{p}self_attn.{x}_proj.weight"] = (rows, h)
-            if model_cfg.add_qkv_bias or model_cfg.add_bias_linear:
-                shapes[f"{p}self_attn.{x}_proj.bias"] = (rows,)
-        shapes[p + "self_attn.o_proj.weight"] = (h, q_rows)
-        shapes[p + "post_attention_layernorm.weight"] = (h,)
-        shapes.update({p + "mlp.gate_proj.weight": (f, h), p + "mlp.up_proj.weight": (f, h),
-                       p + "mlp.down_proj.weight": (h, f)})
-        if model_cfg.add_bias_linear:
-            shapes.update({p + "self_attn.o_proj.bias": (h,), p + "mlp.gate_proj.bias": (f,),
-                           p + "mlp.up_proj.bias": (f,), p + "mlp.down_proj.bias": (h,)})
+        shapes.update({f"model.layers.{i}.{n}": layer_shapes[n] for n in names})
     shapes["model.norm.weight"] = (h,)
     if not model_cfg.tie_embeddings:
         shapes["lm_head.weight"] = (v, h)
@@ -262,7 +284,8 @@ def hf_weight_shapes(model_cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 # ---- config.json ---------------------------------------------------------------------------------
 def hf_config(model_cfg: ModelConfig, rope_dict: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """config.json for transformers' LlamaForCausalLM (Qwen2ForCausalLM when only q/k/v have biases).
+    """config.json for transformers' LlamaForCausalLM, Qwen2ForCausalLM (only q/k/v have biases) or
+    Qwen3ForCausalLM (q/k layernorms, no biases).
 
     rope_dict (default model_cfg.rope; a later phase may use another) goes through `RopeScaling.to_hf`,
     whose top-level keys win: dynamic NTK sets max_position_embeddings to its original length, the
@@ -276,10 +299,15 @@ def hf_config(model_cfg: ModelConfig, rope_dict: Mapping[str, Any] | None = None
         # Llama and Qwen2 rotate every channel (their default table ignores the factor)
         fail("rope.partial_rotary_factor", rope.partial_rotary_factor,
              "LlamaForCausalLM / Qwen2ForCausalLM rotate the whole head; only 1.0 converts")
-    qwen2 = model_cfg.add_qkv_bias and not model_cfg.add_bias_linear
+    if model_cfg.qk_layernorm and (model_cfg.add_qkv_bias or model_cfg.add_bias_linear):
+        fail("model.qk_layernorm", True, "exports as Qwen3ForCausalLM, which has no q/k/v-only or MLP biases: "
+             "set model.add_qkv_bias and model.add_bias_linear to false")
+    family = "qwen3" if model_cfg.qk_layernorm else "qwen2" if model_cfg.add_qkv_bias and not model_cfg.add_bias_linear \
+        else "llama"
     out: dict[str, Any] = {
-        "architectures": ["Qwen2ForCausalLM" if qwen2 else "LlamaForCausalLM"],
-        "model_type": "qwen2" if qwen2 else "llama",
+        "architectures": [{"qwen3": "Qwen3ForCausalLM", "qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}[
+            family]],
+        "model_type": family,
         "vocab_size": model_cfg.vocab_size,
         "hidden_size": model_cfg.hidden_size,
         "intermediate_size": model_cfg.ffn_size,
@@ -294,12 +322,14 @@ def hf_config(model_cfg: ModelConfig, rope_dict: Mapping[str, Any] | None = None
         "initializer_range": model_cfg.init_method_std,
         "dtype": _DTYPE_NAMES[model_cfg.dtype],
     }
-    if not qwen2:
+    if family == "llama":
         out.update(attention_bias=model_cfg.add_bias_linear, mlp_bias=model_cfg.add_bias_linear)
+    elif family == "qwen3":
+        out.update(attention_bias=False)
     out.update(rope.to_hf())
     return out
 
 
 __all__ = ["HF_ARCHITECTURES", "attention_window_notes", "check_llama_like", "fuse_qkv", "hf_config",
-           "hf_weight_shapes", "model_config_from_hf", "hf_layer_to_megatron", "hf_to_megatron", "megatron_layer_to_hf",
-           "megatron_to_hf", "split_qkv"]
+           "hf_weight_shapes", "layer_weight_sources", "model_config_from_hf", "hf_layer_to_megatron", "hf_to_megatron",
+           "megatron_layer_to_hf", "megatron_to_hf", "split_qkv"]

@@ -85,6 +85,8 @@ def fake_megatron_state(cfg):
                        p + "mlp.linear_fc2.weight": (h, f)})
         if cfg.add_qkv_bias or cfg.add_bias_linear:
             shapes[p + "self_attention.linear_qkv.bias"] = (qkv_rows,)
+        if cfg.qk_layernorm:
+            shapes.update({p + "self_attention.q_layernorm.weight": (d,), p + "self_attention.k_layernorm.weight": (d,)})
         if cfg.add_bias_linear:
             shapes.update({p + "self_attention.linear_proj.bias": (h,), p + "mlp.linear_fc1.bias": (2 * f,),
                            p + "mlp.linear_fc2.bias": (h,)})
@@ -103,7 +105,8 @@ def test_split_qkv_takes_each_groups_heads_then_its_key_and_value():
 
 
 @pytest.mark.parametrize("kw", [{}, {"tie_embeddings": True}, {"add_qkv_bias": True}, {"add_bias_linear": True},
-                                {"num_query_groups": 1}, {"num_query_groups": None, "kv_channels": 16}])
+                                {"num_query_groups": 1}, {"num_query_groups": None, "kv_channels": 16},
+                                {"qk_layernorm": True, "kv_channels": 16}])
 def test_round_trip_is_exact(kw):
     cfg = tiny(**kw)
     state = fake_megatron_state(cfg)
@@ -112,6 +115,7 @@ def test_round_trip_is_exact(kw):
     assert hf["model.layers.1.mlp.gate_proj.weight"].shape == (cfg.ffn_size, cfg.hidden_size)
     assert ("model.layers.0.self_attn.q_proj.bias" in hf) == (cfg.add_qkv_bias or cfg.add_bias_linear)
     assert ("model.layers.0.mlp.down_proj.bias" in hf) == cfg.add_bias_linear
+    assert ("model.layers.1.self_attn.k_norm.weight" in hf) == cfg.qk_layernorm
     back = hf_to_megatron(hf, cfg)
     assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
     again = megatron_to_hf(back, cfg)
@@ -129,6 +133,15 @@ def test_unknown_and_missing_keys_raise():
         hf_to_megatron(hf, cfg)
     with pytest.raises(ConfigError, match="linear_qkv"):
         split_qkv(torch.zeros(10, 32), cfg)
+    # the config decides which weights a layer has: an extra bias or a missing q/k norm is named
+    hf = megatron_to_hf(state, cfg)
+    with pytest.raises(ConfigError, match="model.layers.1.self_attn.o_proj.bias"):
+        hf_to_megatron({**hf, "model.layers.1.self_attn.o_proj.bias": torch.zeros(32)}, cfg)
+    qwen3 = tiny(qk_layernorm=True)
+    hf = megatron_to_hf(fake_megatron_state(qwen3), qwen3)
+    del hf["model.layers.0.self_attn.k_norm.weight"]
+    with pytest.raises(ConfigError, match="model.layers.0.self_attn.k_norm.weight.*missing"):
+        hf_to_megatron(hf, qwen3)
 
 
 ROPES = [{"type": "default", "theta": 500000.0}, {"type": "linear", "factor": 4.0}, {"type": "ntk", "factor": 4.0},
@@ -153,6 +166,10 @@ def test_hf_config_builds_a_llama_config_with_the_same_rope(rope):
 
 def test_hf_config_architecture_and_errors():
     assert hf_config(tiny(add_qkv_bias=True))["model_type"] == "qwen2"
+    qwen3 = hf_config(tiny(qk_layernorm=True, kv_channels=16))
+    assert qwen3["architectures"] == ["Qwen3ForCausalLM"] and qwen3["head_dim"] == 16 and not qwen3["attention_bias"]
+    with pytest.raises(ConfigError, match="qk_layernorm"):
+        hf_config(tiny(qk_layernorm=True, add_qkv_bias=True))
     full_bias = hf_config(tiny(add_bias_linear=True))
     assert full_bias["model_type"] == "llama" and full_bias["attention_bias"] and full_bias["mlp_bias"]
     assert hf_config(tiny(), {"type": "yarn", "factor": 2.0, "original_max_position_embeddings": 8})[
