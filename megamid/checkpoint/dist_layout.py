@@ -22,6 +22,8 @@ LAYER_KEYS = {
     "input_layernorm.weight": ("self_attention.linear_qkv.layer_norm_weight", None),
     "self_attention.linear_qkv.weight": ("self_attention.linear_qkv.weight", 0),
     "self_attention.linear_qkv.bias": ("self_attention.linear_qkv.bias", 0),
+    "self_attention.q_layernorm.weight": ("self_attention.q_layernorm.weight", None),
+    "self_attention.k_layernorm.weight": ("self_attention.k_layernorm.weight", None),
     "self_attention.linear_proj.weight": ("self_attention.linear_proj.weight", 1),
     "self_attention.linear_proj.bias": ("self_attention.linear_proj.bias", None),
     "pre_mlp_layernorm.weight": ("mlp.linear_fc1.layer_norm_weight", None),
@@ -47,21 +49,23 @@ def checkpoint_key(name: str) -> tuple[str, int | None, int | str | None]:
 
 
 def tp_slices(tensor: Tensor, axis: int | str | None, tp: int) -> list[tuple[Tensor, tuple]]:
-    """(local tensor, (axis, chunk index, chunks)) for each TP chunk of a full tensor; one unsplit entry
-    for a replicated tensor."""
+    """(local view, (axis, chunk index, chunks)) for each TP chunk of a full tensor; one unsplit entry
+    for a replicated tensor. The views are not made contiguous (a meta placeholder stays data-free)."""
     if axis is None:
         return [(tensor, ())]
     if axis == _SWIGLU:
         gate, up = tensor.chunk(2, dim=0)
-        return ([(g.contiguous(), (0, r, 2 * tp)) for r, g in enumerate(gate.chunk(tp, dim=0))]
-                + [(u.contiguous(), (0, tp + r, 2 * tp)) for r, u in enumerate(up.chunk(tp, dim=0))])
+        return ([(g, (0, r, 2 * tp)) for r, g in enumerate(gate.chunk(tp, dim=0))]
+                + [(u, (0, tp + r, 2 * tp)) for r, u in enumerate(up.chunk(tp, dim=0))])
     if tensor.shape[axis] % tp:
         raise ValueError(f"dimension {axis} of size {tensor.shape[axis]} does not split into TP={tp} slices")
-    return [(t.contiguous(), (axis, r, tp)) for r, t in enumerate(tensor.chunk(tp, dim=axis))]
+    return [(t, (axis, r, tp)) for r, t in enumerate(tensor.chunk(tp, dim=axis))]
 
 
 def sharded_tensors(name: str, tensor: Tensor, num_layers: int, tp: int) -> list:
-    """megatron ShardedTensors holding a full tensor as TP ranks would write it (main replicas only)."""
+    """megatron ShardedTensors holding a full tensor as TP ranks would write it (main replicas only).
+
+    A real tensor's slices are copied contiguous; a meta tensor gives data-free placeholders."""
     from megatron.core.dist_checkpointing import ShardedTensor
 
     key, layer, axis = checkpoint_key(name)
@@ -69,6 +73,7 @@ def sharded_tensors(name: str, tensor: Tensor, num_layers: int, tp: int) -> list
     prepend = len(layer_offset)
     out = []
     for local, offset in tp_slices(tensor, axis, tp):
+        local = local if local.is_meta else local.contiguous()
         offsets = layer_offset + ((offset[0] + prepend, offset[1], offset[2]),) if offset else layer_offset
         out.append(ShardedTensor.from_rank_offsets(key, local, *offsets, replica_id=0, prepend_axis_num=prepend))
     return out

@@ -29,6 +29,7 @@ from megamid.checkpoint.hf_llama import (
     hf_config,
     hf_layer_to_megatron,
     hf_weight_shapes,
+    layer_weight_sources,
     megatron_layer_to_hf,
     model_config_from_hf,
 )
@@ -41,7 +42,6 @@ TOKENIZER_DIR = "hf_tokenizer"
 RECIPE_SNIPPET = "recipe_base.yaml"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
-_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _HF_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
@@ -90,6 +90,7 @@ def _layer_groups(model_cfg: ModelConfig) -> list[tuple[str, list[str]]]:
 
 _TOP_NAMES = {"model.embed_tokens.weight": "embedding.word_embeddings.weight",
               "model.norm.weight": "decoder.final_layernorm.weight", "lm_head.weight": "output_layer.weight"}
+_HF_TOP = {v: k for k, v in _TOP_NAMES.items()}
 
 
 def _to_megatron(group: str, tensors: dict[str, torch.Tensor], model_cfg: ModelConfig) -> dict[str, torch.Tensor]:
@@ -99,6 +100,16 @@ def _to_megatron(group: str, tensors: dict[str, torch.Tensor], model_cfg: ModelC
     layer = {k[len(prefix):]: v for k, v in tensors.items()}
     dst = "decoder.layers." + group.split(".")[2] + "."
     return {dst + k: v for k, v in hf_layer_to_megatron(layer, model_cfg, prefix).items()}
+
+
+def _megatron_weight(reader: SafetensorsReader, name: str, model_cfg: ModelConfig) -> torch.Tensor:
+    """One full megatron weight, read from the HF tensors it is made of (and nothing else)."""
+    if name in _HF_TOP:
+        return reader.get(_HF_TOP[name])
+    _, _, i, suffix = name.split(".", 3)
+    prefix = f"model.layers.{i}."
+    sources = layer_weight_sources(model_cfg)[suffix]
+    return hf_layer_to_megatron({s: reader.get(prefix + s) for s in sources}, model_cfg, prefix, only=(suffix,))[suffix]
 
 
 def _megatron_names(group: str, model_cfg: ModelConfig) -> dict[str, tuple]:
@@ -165,22 +176,15 @@ def import_hf(hf_dir: str, out: str, tp: int = 1, pp: int = 1, dtype: str | None
         log("warning: " + note)
 
     _init_megatron_io()
-    from megatron.core import dist_checkpointing
+    from megamid.checkpoint.dist_layout import extra_state_objects
+    from megamid.checkpoint.streaming_save import save_streaming
 
-    from megamid.checkpoint.dist_layout import extra_state_objects, sharded_tensors
-
-    target = _TORCH_DTYPES[model_cfg.dtype]
-    sharded: dict[str, Any] = {}
-    for group, names in _layer_groups(model_cfg):
-        tensors = {n: reader.get(n).to(target) for n in names}
-        for name, tensor in _to_megatron(group, tensors, model_cfg).items():
-            for i, st in enumerate(sharded_tensors(name, tensor, model_cfg.num_layers, tp)):
-                sharded[f"{name}/{i}"] = st
-    for obj in extra_state_objects(model_cfg.num_layers):
-        sharded[f"{obj.key}/{obj.global_offset[0]}"] = obj
+    target = model_cfg.torch_dtype
+    tensors = {name: (shape, target) for group, _ in _layer_groups(model_cfg)
+               for name, shape in _megatron_names(group, model_cfg).items()}
     partial = _partial_dir(out)
-    dist_checkpointing.save(sharded, partial)
-    del sharded
+    save_streaming(partial, tensors, lambda name: _megatron_weight(reader, name, model_cfg).to(target),
+                   model_cfg.num_layers, tp, extra_state_objects(model_cfg.num_layers))
 
     tokenizer = _copy_tokenizer_files(hf_dir, os.path.join(partial, TOKENIZER_DIR), os.path.abspath(out), log)
     recipe = {"model": to_dict(model_cfg), "tokenizer": tokenizer}
@@ -273,15 +277,13 @@ def export_hf(ckpt: str, out: str, overwrite: bool = False, max_file_bytes: int 
     partial = _partial_dir(out)
     writer = SafetensorsWriter(partial, [(n, dtype, tuple(t.shape)) for _, hf in pieces for n, t in hf.items()],
                                max_file_bytes)
-    for key, per_layer in _by_checkpoint_key(pieces):
-        # one checkpoint key (every layer of it stacked) at a time: megatron's loader reads whole tensors
-        stacked = _load_whole(dist_checkpointing, path, key, saved[key].global_shape, dtype)
-        for name, planned in per_layer:
-            layer = checkpoint_key(name)[1]
-            hf = _hf_pieces(name, stacked if layer is None else stacked[layer], model_cfg)
-            for hf_name in planned:
-                writer.write(hf_name, hf[hf_name])
-        del stacked, hf
+    for group, _ in _layer_groups(model_cfg):
+        # one layer (or the embedding, final norm, output layer) in memory at a time
+        names = _megatron_names(group, model_cfg)
+        loaded = _load_group(dist_checkpointing, path, names, model_cfg.num_layers, dtype)
+        for name in names:
+            for hf_name, tensor in _hf_pieces(name, loaded.pop(name), model_cfg).items():
+                writer.write(hf_name, tensor)
     files = writer.close()
     with open(os.path.join(partial, "config.json"), "w") as f:
         json.dump(config, f, indent=1)
@@ -290,9 +292,6 @@ def export_hf(ckpt: str, out: str, overwrite: bool = False, max_file_bytes: int 
     log(f"wrote {out}: {config['architectures'][0]}, rope {rope.get('type')}, {len(files)} safetensors file(s), "
         f"tokenizer: {tokenizer}")
     return config
-
-
-_HF_TOP = {v: k for k, v in _TOP_NAMES.items()}
 
 
 def _hf_pieces(name: str, tensor: torch.Tensor, model_cfg: ModelConfig) -> dict[str, torch.Tensor]:
@@ -304,25 +303,30 @@ def _hf_pieces(name: str, tensor: torch.Tensor, model_cfg: ModelConfig) -> dict[
 
 
 def _export_pieces(model_cfg: ModelConfig) -> list[tuple[str, dict]]:
-    """(megatron name, {HF name: meta tensor}) in export order: by checkpoint key, then layer."""
-    pieces = [(name, _hf_pieces(name, torch.empty(shape, device="meta"), model_cfg))
-              for group, _ in _layer_groups(model_cfg) for name, shape in _megatron_names(group, model_cfg).items()]
-    order = {key: i for i, key in enumerate(dict.fromkeys(checkpoint_key(n)[0] for n, _ in pieces))}
-    return sorted(pieces, key=lambda p: (order[checkpoint_key(p[0])[0]], checkpoint_key(p[0])[1] or 0))
+    """(megatron name, {HF name: meta tensor}) in export order: embedding, layer by layer, norm, lm_head."""
+    return [(name, _hf_pieces(name, torch.empty(shape, device="meta"), model_cfg))
+            for group, _ in _layer_groups(model_cfg) for name, shape in _megatron_names(group, model_cfg).items()]
 
 
-def _by_checkpoint_key(pieces: list) -> list[tuple[str, list]]:
-    groups: dict[str, list] = {}
-    for name, hf in pieces:
-        groups.setdefault(checkpoint_key(name)[0], []).append((name, hf))
-    return list(groups.items())
-
-
-def _load_whole(dist_checkpointing, path: str, key: str, shape, dtype) -> torch.Tensor:
+def _load_group(dist_checkpointing, path: str, names: dict[str, tuple], num_layers: int, dtype) -> dict:
+    """The full (TP=1) tensors of `names` ({megatron name: shape}, one layer's or top-level weights) from a
+    checkpoint saved at any TP/PP: megatron's loader reshards, reading only this layer's slice of each
+    stacked key."""
     from megatron.core.dist_checkpointing import ShardedTensor
 
-    template = {key: ShardedTensor.from_rank_offsets(key, torch.empty(tuple(shape), dtype=dtype), replica_id=0)}
-    return dist_checkpointing.load(template, path)[key]
+    template = {}
+    for name, shape in names.items():
+        key, layer, _ = checkpoint_key(name)
+        if layer is None:
+            template[name] = ShardedTensor.from_rank_offsets(key, torch.empty(tuple(shape), dtype=dtype), replica_id=0)
+        else:
+            # [1, *shape] at (layer, 0, ...) of [num_layers, *shape]: with megatron's prepended layer axis
+            # instead, its torch ShardedTensor would declare every layer's chunk on this (only) rank
+            data = torch.empty((1, *shape), dtype=dtype)
+            template[name] = ShardedTensor.from_rank_offsets(key, data, (0, layer, num_layers), replica_id=0)
+    # only this layer's slice of each stacked key is read: the access-integrity check wants all of them
+    loaded = dist_checkpointing.load(template, path, validate_access_integrity=False)
+    return {name: t[0] if checkpoint_key(name)[1] is not None else t for name, t in loaded.items()}
 
 
 def _check_saved_shapes(saved: dict, model_cfg: ModelConfig, path: str) -> torch.dtype:

@@ -1,7 +1,10 @@
 """A directory of HF safetensors files, read and written one tensor at a time.
 
-Reading: `model.safetensors`, or the shards a `model.safetensors.index.json` names; `get(name)` loads one
-tensor (safetensors memory-maps the file: only that tensor's bytes are read). Nothing is unpickled.
+Reading: `model.safetensors`, or the shards a `model.safetensors.index.json` names. Each file's JSON header
+is parsed and checked (dtype, shape against byte range, ranges inside the file); `get(name)` reads just that
+tensor's bytes into a buffer it owns. Files are not memory-mapped: a mapping would keep every page read so
+far resident in this process until it is closed, so converting a 16 GB model would show 16 GB of RSS.
+Nothing is unpickled.
 
 Writing: the file layout is planned up front from (name, dtype, shape), so each file's header can be
 written first and tensors streamed after it in plan order: peak memory is one tensor, whatever the model
@@ -29,16 +32,54 @@ class CheckpointFileError(ValueError):
     """A missing, unreadable or inconsistent file; the message names the file (and tensor)."""
 
 
+_DTYPES_FROM_ST = {v: k for k, v in _ST_DTYPES.items()} | {"I8": torch.int8, "I16": torch.int16, "BOOL": torch.bool}
+
+
+def read_header(path: str) -> tuple[int, dict[str, dict]]:
+    """(offset of the data section, {tensor name: {dtype, shape, data_offsets}}) of a safetensors file,
+    checked so that every tensor's byte range matches its dtype and shape and lies inside the file."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointFileError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
+        (length,) = struct.unpack("<Q", head)
+        if length > min(size - 8, 100 << 20):
+            raise CheckpointFileError(f"{path}: not a safetensors file (header length {length} for a {size}-byte file)")
+        try:
+            header = json.loads(f.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointFileError(f"{path}: not a safetensors file (header is not JSON: {exc})") from None
+    if not isinstance(header, dict):
+        raise CheckpointFileError(f"{path}: not a safetensors file (header is not a JSON object)")
+    header.pop("__metadata__", None)
+    start, data_size = 8 + length, size - 8 - length
+    for name, info in header.items():
+        try:
+            dtype = _DTYPES_FROM_ST[info["dtype"]]
+            shape = [int(n) for n in info["shape"]]
+            begin, end = (int(n) for n in info["data_offsets"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointFileError(f"{path}: tensor {name} has an unreadable entry {info!r} ({exc!r}); dtypes "
+                                      f"that load: {', '.join(sorted(_DTYPES_FROM_ST))}") from None
+        nbytes = _numel(shape) * torch.empty((), dtype=dtype).element_size()
+        if min(shape, default=0) < 0 or not 0 <= begin <= end <= data_size or end - begin != nbytes:
+            raise CheckpointFileError(f"{path}: tensor {name} ({info['dtype']} {shape}) has byte range [{begin}, "
+                                      f"{end}), expected {nbytes} bytes inside the {data_size}-byte data section")
+    return start, header
+
+
 class SafetensorsReader:
     """Tensor names, shapes and data of the safetensors weights in one directory."""
 
     def __init__(self, directory: str):
-        from safetensors import safe_open
-
         index_path, single = os.path.join(directory, INDEX), os.path.join(directory, SINGLE)
         if os.path.isfile(index_path):
-            with open(index_path) as f:
-                weight_map = json.load(f).get("weight_map")
+            try:
+                with open(index_path) as f:
+                    weight_map = json.load(f).get("weight_map")
+            except (json.JSONDecodeError, AttributeError) as exc:
+                raise CheckpointFileError(f"{index_path}: not a JSON object with a 'weight_map' ({exc})") from None
             if not isinstance(weight_map, dict) or not weight_map:
                 raise CheckpointFileError(f"{index_path}: expected a non-empty 'weight_map'")
             files = sorted(set(weight_map.values()))
@@ -48,18 +89,16 @@ class SafetensorsReader:
             found = sorted(n for n in os.listdir(directory) if n.endswith((".bin", ".pt", ".pth", ".safetensors")))
             raise CheckpointFileError(f"{directory}: no {SINGLE} or {INDEX} (found: {found or 'no weight files'}); "
                                       "only safetensors weights convert (save with safe_serialization=True)")
-        self._handles = {}
+        self.directory = directory
+        self._headers: dict[str, tuple[int, dict]] = {}
         for name in files:
             path = os.path.join(directory, name)
             if not os.path.isfile(path):
                 raise CheckpointFileError(f"{path}: missing ({INDEX} lists it)")
-            try:
-                self._handles[name] = safe_open(path, framework="pt")
-            except Exception as exc:  # safetensors raises its own error types for corrupt headers
-                raise CheckpointFileError(f"{path}: not a readable safetensors file ({exc})") from None
+            self._headers[name] = read_header(path)
         self.file_of = {}
-        for name, handle in self._handles.items():
-            for key in handle.keys():
+        for name, (_, header) in self._headers.items():
+            for key in header:
                 self.file_of[key] = name
         if weight_map is not None:
             for key, name in weight_map.items():
@@ -69,11 +108,25 @@ class SafetensorsReader:
     def keys(self) -> list[str]:
         return list(self.file_of)
 
+    def _entry(self, name: str) -> tuple[str, int, dict]:
+        file = self.file_of[name]
+        start, header = self._headers[file]
+        return os.path.join(self.directory, file), start, header[name]
+
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._handles[self.file_of[name]].get_slice(name).get_shape())
+        return tuple(self._entry(name)[2]["shape"])
 
     def get(self, name: str) -> Tensor:
-        return self._handles[self.file_of[name]].get_tensor(name)
+        """The tensor `name`, read into memory of its own (one read of its byte range)."""
+        path, start, info = self._entry(name)
+        begin, end = info["data_offsets"]
+        raw = torch.empty(end - begin, dtype=torch.uint8)
+        with open(path, "rb") as f:
+            f.seek(start + begin)
+            if f.readinto(memoryview(raw.numpy())) != end - begin:
+                raise CheckpointFileError(f"{path}: ends inside tensor {name}")
+        dtype = _DTYPES_FROM_ST[info["dtype"]]
+        return raw.view(dtype).reshape(info["shape"]) if raw.numel() else torch.empty(info["shape"], dtype=dtype)
 
 
 def _plan_files(entries: list[tuple[str, torch.dtype, tuple]], max_file_bytes: int) -> list[list[tuple]]:
@@ -152,4 +205,4 @@ class SafetensorsWriter:
         return list(self._names)
 
 
-__all__ = ["CheckpointFileError", "INDEX", "SINGLE", "SafetensorsReader", "SafetensorsWriter"]
+__all__ = ["CheckpointFileError", "INDEX", "SINGLE", "SafetensorsReader", "SafetensorsWriter", "read_header"]

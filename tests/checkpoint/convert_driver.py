@@ -82,7 +82,87 @@ def single(work, cases, tokens):
     gpt = build(model_cfg_of(phase_ckpt), 1)
     torch.save(logits_of(gpt, phase_ckpt, tokens, rope=PHASE_ROPE), os.path.join(d, "phase_run_tp1.pt"))
     export_hf(os.path.join(d, "trained"), os.path.join(d, "back_phase"), log=quiet)
-    return {"ok": True}
+    return {"streamed_vs_megatron_save": {case: streamed_vs_megatron_save(os.path.join(work, case), hf_dir)
+                                          for case, hf_dir in cases.items()},
+            "streaming_liveness": streaming_liveness(os.path.join(work, "liveness"))}
+
+
+def _all_weights(model_cfg):
+    from megamid.checkpoint.hf_conversion import _layer_groups, _megatron_names
+
+    return {n: s for group, _ in _layer_groups(model_cfg) for n, s in _megatron_names(group, model_cfg).items()}
+
+
+def streamed_vs_megatron_save(d, hf_dir):
+    """import_hf's streamed TP=2 checkpoint against the same weights saved by megatron's own
+    dist_checkpointing.save (all data in memory): the same DCP metadata (keys, global shapes, chunks) and,
+    loaded back whole, the same tensors. Returns a list of differences (empty = equal)."""
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing import ShardedTensor
+    from torch.distributed.checkpoint import FileSystemReader
+
+    from megamid.checkpoint.dist_layout import extra_state_objects, sharded_tensors
+    from megamid.checkpoint.hf_conversion import _megatron_weight
+    from megamid.checkpoint.safetensors_files import SafetensorsReader
+
+    cfg = model_cfg_of(os.path.join(d, "tp2"))
+    reader = SafetensorsReader(hf_dir)
+    sharded = {}
+    for name in _all_weights(cfg):
+        for i, st in enumerate(sharded_tensors(name, _megatron_weight(reader, name, cfg).to(cfg.torch_dtype),
+                                               cfg.num_layers, 2)):
+            sharded[f"{name}/{i}"] = st
+    for obj in extra_state_objects(cfg.num_layers):
+        sharded[f"{obj.key}/{obj.global_offset}"] = obj
+    ref = os.path.join(d, "megatron_saved_tp2")
+    os.makedirs(ref)
+    dist_checkpointing.save(sharded, ref)
+
+    def layout(path):
+        md = FileSystemReader(path).read_metadata().state_dict_metadata
+        return {k: (tuple(v.size), sorted((tuple(c.offsets), tuple(c.sizes)) for c in v.chunks))
+                if hasattr(v, "chunks") else "bytes" for k, v in md.items()}
+
+    diffs = []
+    mine, theirs = layout(os.path.join(d, "tp2")), layout(ref)
+    if mine != theirs:
+        diffs.append(f"metadata: {sorted(set(mine.items()) ^ set(theirs.items()))[:4]}")
+    saved = dist_checkpointing.load_tensors_metadata(ref)
+    for key, st in saved.items():
+        def whole(path):
+            template = {key: ShardedTensor.from_rank_offsets(key, torch.empty(st.global_shape, dtype=st.dtype),
+                                                             replica_id=0)}
+            return dist_checkpointing.load(template, path)[key]
+        if not torch.equal(whole(os.path.join(d, "tp2")), whole(ref)):
+            diffs.append(f"{key}: data differs")
+    return diffs
+
+
+def streaming_liveness(out):
+    """save_streaming asks for one tensor at a time: returns the most earlier-made tensors still alive
+    when a tensor is made (1: only the one whose last chunk was just written), and the names in the
+    order they were made."""
+    import weakref
+
+    from megamid.checkpoint.dist_layout import extra_state_objects
+    from megamid.checkpoint.streaming_save import save_streaming
+    from megamid.config import ModelConfig
+
+    cfg = ModelConfig(num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2, vocab_size=128,
+                      ffn_hidden_size=96)
+    weights = _all_weights(cfg)
+    made, alive_at_make = [], []
+
+    def make(name):
+        alive_at_make.append(sum(ref() is not None for _, ref in made))
+        t = torch.randn(weights[name])
+        made.append((name, weakref.ref(t)))
+        return t
+
+    os.makedirs(out)
+    save_streaming(out, {n: (s, torch.float32) for n, s in weights.items()}, make, cfg.num_layers, 2,
+                   extra_state_objects(cfg.num_layers))
+    return {"max_alive": max(alive_at_make), "made": [n for n, _ in made], "declared": sorted(weights)}
 
 
 def layout_mismatches(gpt, model_cfg):

@@ -1,7 +1,8 @@
 """python -m pytest -q tests/checkpoint/test_hf_conversion.py
 
 HF <-> megamid checkpoint conversion on small random transformers models (Llama with GQA and full biases,
-Mistral, Qwen2 with q/k/v biases and tied embeddings), the six HF rope types across them:
+Mistral, Qwen2 with q/k/v biases and tied embeddings, Qwen3 with q/k norms and a head_dim of its own), the six
+HF rope types across them:
 - imported at --tp 1 and --tp 2 and loaded as a recipe's base at TP=1 (one process) and TP=2 (one gloo
   torchrun launch for all cases), megamid's fp32 logits equal HF's within TOL;
 - the TP=2-written checkpoint exported back loads with AutoModelForCausalLM and gives HF's logits
@@ -53,6 +54,11 @@ CASES = {
         tie_word_embeddings=True, max_position_embeddings=32,
         rope_parameters={"rope_type": "dynamic", "factor": 4.0, "rope_theta": 10000.0})),
     "qwen2_default": (transformers.Qwen2Config, dict(rope_parameters={"rope_type": "default", "rope_theta": 1e6})),
+    # per-head q/k norms, and head_dim 32 with hidden 64 / 4 heads: q_proj has 128 rows, o_proj 128 columns
+    "qwen3_qknorm_headdim_yarn": (transformers.Qwen3Config, dict(
+        head_dim=32, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32,
+                         "rope_theta": 1000000.0})),
 }
 
 
@@ -109,7 +115,8 @@ def work(tmp_path_factory):
         if proc.returncode != 0:
             raise AssertionError(f"{' '.join(cmd[-3:])} failed ({proc.returncode}):\n{proc.stderr[-5000:]}")
     return {"root": root, "tokens": tokens, "expected": expected, "cases": cases,
-            "layout": json.loads((root / "tp2.json").read_text())}
+            "layout": json.loads((root / "tp2.json").read_text()),
+            "single": json.loads((root / "single.json").read_text())}
 
 
 def load(work, case, name):
@@ -156,6 +163,19 @@ def test_export_writes_the_rope_of_the_phase_it_was_saved_in(work):
 @pytest.mark.parametrize("case", CASES)
 def test_tp2_shards_are_the_ones_megatron_declares(work, case):
     assert work["layout"][case] == {"ours_only": [], "theirs_only": []}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_streamed_checkpoint_equals_megatrons_own_save(work, case):
+    # same DCP metadata (keys, global shapes, chunks) and the same tensors as dist_checkpointing.save
+    assert work["single"]["streamed_vs_megatron_save"][case] == []
+
+
+def test_streaming_save_makes_each_tensor_once_and_drops_it(work):
+    live = work["single"]["streaming_liveness"]
+    assert sorted(live["made"]) == live["declared"]  # every weight made exactly once
+    # when a tensor is made, at most the previous one (its last chunk just written) is still referenced
+    assert live["max_alive"] <= 1
 
 
 def test_checkpoint_holds_the_model_section_a_recipe_snippet_and_the_tokenizer(work):
