@@ -70,7 +70,7 @@ def main() -> None:
 
     base = rows[0][2] / rows[0][1]
     print(f"constant blend of {args.streams} streams, weights {np.round(weights, 3).tolist()}")
-    print(f"| method | samples | seconds | ns/sample | vs megatron-core | worst |count - target| |")
+    print("| method | samples | seconds | ns/sample | vs megatron-core | worst |count - target| |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, samples, secs, worst in rows:
         per = secs / samples

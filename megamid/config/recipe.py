@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
-from megamid.config.base import ConfigError, check_choice, check_divisible, check_positive, fail
+from megamid.config.base import ConfigError, check_choice, check_positive, fail
 from megamid.config.model import ModelConfig
 from megamid.config.parallel import ParallelConfig
 from megamid.config.training import CheckpointConfig, TrainingConfig

@@ -14,7 +14,6 @@ decoding; the needle depths are drawn at random per sample, and results are repo
 """
 
 import random
-from collections import Counter
 from typing import Callable, Dict, List, Sequence
 
 from megamid.eval.haystack import (Sample, TokenCache, assemble, iter_pseudo_words, pseudo_words, random_number, random_sentences,

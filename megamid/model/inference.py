@@ -12,7 +12,6 @@ rank returns the same tensor. Every rank must make the same calls.
 """
 
 import contextlib
-import os
 from functools import partial
 from typing import List, Optional, Tuple
 
@@ -61,8 +60,6 @@ class MegatronLM:
     max_batch: sequences per forward; positions are 0..s-1 (megamid's models take RoPE from position_ids)."""
 
     def __init__(self, chunks: list, max_batch: int = 4):
-        from megatron.core import parallel_state as ps
-
         from megamid.model import unwrap
 
         if max_batch < 1:
@@ -179,8 +176,6 @@ def load_for_eval(ckpt_path: str, max_batch: int = 4):
     from megamid.model import build_gpt_chunks
     from megamid.model.builder import set_rope
     from megamid.platform import Layout, init_model_parallel, set_seed
-    from megamid.train import checkpoint as ckpt
-
     from megamid.train import checkpoint as ckpt
 
     path = ckpt.resolve_checkpoint(ckpt_path, "CKPT")

@@ -6,12 +6,10 @@ r-th slice of every global batch. Loss is summed per token and normalised by the
 (calculate_per_token_loss), which makes TP/PP/DP/micro-batch splits give the same loss.
 """
 
-import json
 import os
 import time
 from functools import partial
 
-import numpy as np
 import torch
 import torch.distributed as dist
 

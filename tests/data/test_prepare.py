@@ -5,7 +5,6 @@ megamid data prepare / train-tokenizer: formats, filter, dedup, EOD, stats, work
 import gzip
 import json
 
-import numpy as np
 import pytest
 
 from megamid.cli import main
