@@ -1,10 +1,10 @@
 """python tools/convert_hf_to_megamid.py --hf-dir DIR --out CKPT [--tp N] [--pp N] [--dtype bf16] [--overwrite]
 
-A local transformers Llama / Mistral / Qwen2 directory (config.json, model.safetensors or shards with
-model.safetensors.index.json, tokenizer files) -> a megamid checkpoint directory: a recipe's `base:`.
+A local transformers Llama / Mistral / Qwen2 / Qwen3 directory (config.json, model.safetensors or shards
+with model.safetensors.index.json, tokenizer files) -> a megamid checkpoint directory: a recipe's `base:`.
 It holds megamid.json (config.model for your recipe), recipe_base.yaml (a recipe start: base, tokenizer,
 model) and hf_tokenizer/ (the copied tokenizer files). Weights stream tensor by tensor from the
-safetensors files; --tp N writes the shards each of N tensor-parallel ranks would (one process); any
+safetensors files (peak memory: about the largest tensor, not the model); --tp N writes the shards each of N tensor-parallel ranks would (one process); any
 TP/PP loads any written layout (dist_checkpointing reshards). --pp is checked against the layer count and
 recorded: layers are separate chunks in every pipeline layout, so the files do not depend on it.
 Exit status 1 with a message naming the file, tensor or field on any error.

@@ -2,7 +2,8 @@
 
 A megamid checkpoint saved at any TP/PP (a checkpoint directory with megamid.json, or a run's checkpoint
 dir whose `latest` names one) -> a transformers directory: safetensors weights (streamed one layer at a
-time, loaded resharded to TP=1), config.json (LlamaForCausalLM, or Qwen2ForCausalLM for q/k/v biases)
+time, loaded resharded to TP=1), config.json (LlamaForCausalLM; Qwen2ForCausalLM for q/k/v-only biases,
+Qwen3ForCausalLM for q/k layernorms)
 with the rope of the phase the checkpoint was saved in (config.phases[state.phase].rope, else
 config.model.rope), and the recipe's tokenizer: a tokenizer.json is copied (with the tokenizer_config.json
 and special_tokens_map.json beside it); a sentencepiece .model is copied as tokenizer.model; megamid's

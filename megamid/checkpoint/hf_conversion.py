@@ -1,16 +1,19 @@
-"""HF Llama / Mistral / Qwen2 directories <-> megamid checkpoints, one layer in memory at a time.
+"""HF Llama / Mistral / Qwen2 / Qwen3 directories <-> megamid checkpoints, streamed tensor by tensor.
 
-`import_hf` reads config.json and the safetensors weights tensor by tensor, maps each layer to
-megatron's layout (hf_llama) and its TP slices (dist_layout), and writes one megatron-core torch_dist
-checkpoint with `dist_checkpointing.save` (which takes the whole shard it writes at once: peak memory
-is the converted model plus one layer). `export_hf` loads a megamid checkpoint saved at any TP/PP
-one layer at a time into TP=1 tensors (dist_checkpointing reshards on load) and streams them into
-safetensors files, with the config.json of the rope the checkpoint's phase trained with.
+`import_hf` reads config.json, checks every safetensors weight's name and shape against it, declares the
+megatron weights (hf_llama's mapping, dist_layout's TP chunks) to megatron's checkpoint layout with
+data-free placeholders, and writes one megatron-core torch_dist checkpoint with `save_streaming`, which
+makes each megatron weight from the HF tensors it needs only when its chunks are written: peak memory is
+about one weight (the embedding, for most models) plus the process itself, not the model.
+`export_hf` loads a megamid checkpoint saved at any TP/PP one layer at a time into TP=1 tensors
+(megatron's loader reshards, reading only that layer's slice) and streams them into safetensors files,
+with the config.json of the rope the checkpoint's phase trained with.
 
 Both run megatron in this process (a world of one: megamid.platform's process group, CPU mode
-where there is no GPU). Input HF files are JSON and safetensors only; nothing is unpickled from them.
-A megamid checkpoint is read with megatron-core's loader (torch DCP metadata; common.pt through
-torch.load's default weights_only=True): export only checkpoints you trust, as for training.
+where there is no GPU). Input HF files are JSON and safetensors only (headers parsed and checked here);
+nothing is unpickled from them. A megamid checkpoint is read with megatron-core's loader (torch DCP
+metadata, which is a pickle; common.pt through torch.load's default weights_only=True): export only
+checkpoints you trust, as for training.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from typing import Any, Callable
 
 import torch
 
-from megamid.checkpoint.dist_layout import checkpoint_key
+from megamid.checkpoint.dist_layout import checkpoint_key, tp_slices
 from megamid.checkpoint.hf_llama import (
     attention_window_notes,
+    fuse_qkv,
     hf_config,
     hf_layer_to_megatron,
     hf_weight_shapes,
@@ -112,6 +116,31 @@ def _megatron_weight(reader: SafetensorsReader, name: str, model_cfg: ModelConfi
     return hf_layer_to_megatron({s: reader.get(prefix + s) for s in sources}, model_cfg, prefix, only=(suffix,))[suffix]
 
 
+def _megatron_chunk(reader: SafetensorsReader, name: str, i: int, tp: int, model_cfg: ModelConfig) -> torch.Tensor:
+    """Chunk i of megatron weight `name` at TP=tp, in dist_layout.tp_slices' order. Where TP splits rows
+    (embedding, output layer, q/k/v, gate/up) only the HF rows the chunk holds are read, so a TP=8 import
+    never holds a whole embedding or MLP; column splits (o_proj, down_proj) read the whole HF tensor."""
+    axis = checkpoint_key(name)[2]
+    if axis is None or axis == 1:
+        full = _megatron_weight(reader, name, model_cfg)
+        return full if axis is None else tp_slices(full, axis, tp)[i][0].contiguous()
+    if name in _HF_TOP:  # embedding / output layer: vocabulary rows
+        rows = reader.shape(_HF_TOP[name])[0] // tp
+        return reader.get(_HF_TOP[name], rows=(i * rows, (i + 1) * rows))
+    _, _, layer, suffix = name.split(".", 3)
+    prefix = f"model.layers.{layer}."
+    sources = layer_weight_sources(model_cfg)[suffix]
+    if axis == "swiglu":  # chunks 0..tp-1 are gate's row blocks, tp..2tp-1 up's
+        rows = model_cfg.ffn_size // tp
+        return reader.get(prefix + sources[i // tp], rows=((i % tp) * rows, (i % tp + 1) * rows))
+    # linear_qkv: rank i holds query groups [i G/tp, (i+1) G/tp), each its queries, then key, then value
+    heads, groups, d = model_cfg.num_attention_heads, model_cfg.query_groups, model_cfg.head_dim
+    q_rows, kv_rows = heads // tp * d, groups // tp * d
+    q, k, v = (reader.get(prefix + src, rows=(i * n, (i + 1) * n)) for src, n in zip(sources, (q_rows, kv_rows, kv_rows)))
+    local = dataclasses.replace(model_cfg, num_attention_heads=heads // tp, num_query_groups=groups // tp, kv_channels=d)
+    return fuse_qkv(q, k, v, local)
+
+
 def _megatron_names(group: str, model_cfg: ModelConfig) -> dict[str, tuple]:
     """The megatron names and full shapes a group converts to (from shapes only: no data)."""
     shapes = hf_weight_shapes(model_cfg)
@@ -183,7 +212,7 @@ def import_hf(hf_dir: str, out: str, tp: int = 1, pp: int = 1, dtype: str | None
     tensors = {name: (shape, target) for group, _ in _layer_groups(model_cfg)
                for name, shape in _megatron_names(group, model_cfg).items()}
     partial = _partial_dir(out)
-    save_streaming(partial, tensors, lambda name: _megatron_weight(reader, name, model_cfg).to(target),
+    save_streaming(partial, tensors, lambda name, i: _megatron_chunk(reader, name, i, tp, model_cfg).to(target),
                    model_cfg.num_layers, tp, extra_state_objects(model_cfg.num_layers))
 
     tokenizer = _copy_tokenizer_files(hf_dir, os.path.join(partial, TOKENIZER_DIR), os.path.abspath(out), log)

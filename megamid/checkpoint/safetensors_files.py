@@ -116,17 +116,25 @@ class SafetensorsReader:
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._entry(name)[2]["shape"])
 
-    def get(self, name: str) -> Tensor:
-        """The tensor `name`, read into memory of its own (one read of its byte range)."""
+    def get(self, name: str, rows: tuple[int, int] | None = None) -> Tensor:
+        """The tensor `name`, or its rows [start, stop) along dim 0, read into memory of its own (one read
+        of that byte range: rows of a row-major tensor are contiguous bytes)."""
         path, start, info = self._entry(name)
         begin, end = info["data_offsets"]
+        shape = list(info["shape"])
+        if rows is not None:
+            first, stop = rows
+            if not shape or not 0 <= first <= stop <= shape[0]:
+                raise CheckpointFileError(f"{path}: rows [{first}, {stop}) of tensor {name} of shape {shape}")
+            row_bytes = (end - begin) // shape[0] if shape[0] else 0
+            begin, end, shape[0] = begin + first * row_bytes, begin + stop * row_bytes, stop - first
+        dtype = _DTYPES_FROM_ST[info["dtype"]]
         raw = torch.empty(end - begin, dtype=torch.uint8)
         with open(path, "rb") as f:
             f.seek(start + begin)
             if f.readinto(memoryview(raw.numpy())) != end - begin:
                 raise CheckpointFileError(f"{path}: ends inside tensor {name}")
-        dtype = _DTYPES_FROM_ST[info["dtype"]]
-        return raw.view(dtype).reshape(info["shape"]) if raw.numel() else torch.empty(info["shape"], dtype=dtype)
+        return raw.view(dtype).reshape(shape) if raw.numel() else torch.empty(shape, dtype=dtype)
 
 
 def _plan_files(entries: list[tuple[str, torch.dtype, tuple]], max_file_bytes: int) -> list[list[tuple]]:

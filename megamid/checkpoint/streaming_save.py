@@ -6,8 +6,8 @@ built for asynchronous saves). A converter does not need that: `save_streaming` 
 name, shape and dtype with a data-free (meta) placeholder, lets megatron lay the checkpoint out exactly
 as for a real save (same sharded keys, chunks, metadata.json, common.pt and DCP `.metadata`), and writes
 it with torch.distributed.checkpoint's own synchronous FileSystemWriter through a planner that asks
-`make(name)` for a tensor only when its first chunk is written. Peak memory is one full tensor (and its
-TP slice), whatever the model size.
+`make(name, chunk)` for each TP chunk only when it is written. Peak memory is about two chunks (the one
+being made and the one just written, which DCP still references), whatever the model size.
 
 Uses megatron-core's torch_dist translation helpers (`_replace_state_dict_keys_with_sharded_keys`,
 `mcore_to_pyt_state_dict`, `MCoreSavePlanner`), as its own TorchDistSaveShardedStrategy does; the
@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from megamid.checkpoint.dist_layout import checkpoint_key, sharded_tensors, tp_slices
+from megamid.checkpoint.dist_layout import sharded_tensors
 
 
 def _strategy(resolve: Callable[[str, tuple], Tensor]):
@@ -62,37 +62,32 @@ def _strategy(resolve: Callable[[str, tuple], Tensor]):
     return StreamingSaveStrategy()
 
 
-def save_streaming(checkpoint_dir: str, tensors: dict[str, tuple[tuple, torch.dtype]], make: Callable[[str], Tensor],
-                   num_layers: int, tp: int, objects: list = ()) -> None:
+def save_streaming(checkpoint_dir: str, tensors: dict[str, tuple[tuple, torch.dtype]],
+                   make: Callable[[str, int], Tensor], num_layers: int, tp: int, objects: list = ()) -> None:
     """Write the GPTModel weights `tensors` ({local state-dict name: (full shape, dtype)}) laid out for TP=tp
     (dist_layout), plus megatron ShardedObjects `objects`, into the empty directory `checkpoint_dir`.
 
-    make(name) returns the full tensor for `name` when it is needed; it is called once per name (one
-    tensor is kept while its TP chunks are written) and must return the declared shape and dtype."""
+    make(name, i) returns chunk i of `name` as dist_layout.tp_slices orders them (the whole tensor for a
+    replicated weight or TP=1) when it is written: once per chunk, in the declared shape and dtype."""
     from megatron.core import dist_checkpointing
 
     sharded: dict = {}
-    chunk_of: dict[tuple[str, tuple], tuple[str, int]] = {}
+    chunk_of: dict[tuple[str, tuple], tuple[str, int, tuple]] = {}
     for name, (shape, dtype) in tensors.items():
         placeholder = torch.empty(tuple(shape), dtype=dtype, device="meta")
         for i, st in enumerate(sharded_tensors(name, placeholder, num_layers, tp)):
             sharded[f"{name}/{i}"] = st
-            chunk_of[(st.key, tuple(st.global_offset))] = (name, i)
+            chunk_of[(st.key, tuple(st.global_offset))] = (name, i, tuple(st.local_shape))
     for obj in objects:
         sharded[f"{obj.key}/{obj.global_offset}"] = obj
 
-    current: dict[str, Tensor] = {}
-
     def resolve(key: str, offset: tuple) -> Tensor:
-        name, i = chunk_of[(key, offset)]
-        if name not in current:
-            current.clear()  # drop the previous tensor before making the next
-            shape, dtype = tensors[name]
-            full = make(name)
-            if tuple(full.shape) != tuple(shape) or full.dtype != dtype:
-                raise ValueError(f"{name}: made {full.dtype} {list(full.shape)}, declared {dtype} {list(shape)}")
-            current[name] = full
-        return tp_slices(current[name], checkpoint_key(name)[2], tp)[i][0].contiguous()
+        name, i, shape = chunk_of[(key, offset)]
+        chunk = make(name, i)
+        dtype = tensors[name][1]
+        if tuple(chunk.shape) != shape or chunk.dtype != dtype:
+            raise ValueError(f"{name} chunk {i}: made {chunk.dtype} {list(chunk.shape)}, declared {dtype} {list(shape)}")
+        return chunk.contiguous()
 
     dist_checkpointing.save(sharded, checkpoint_dir, sharded_strategy=_strategy(resolve))
 

@@ -139,12 +139,12 @@ def streamed_vs_megatron_save(d, hf_dir):
 
 
 def streaming_liveness(out):
-    """save_streaming asks for one tensor at a time: returns the most earlier-made tensors still alive
-    when a tensor is made (1: only the one whose last chunk was just written), and the names in the
-    order they were made."""
+    """save_streaming asks for one TP chunk at a time: returns the most earlier-made chunks still alive
+    when a chunk is made (1: only the one just written, which DCP's write loop still references), and the
+    (name, chunk) pairs in the order they were made."""
     import weakref
 
-    from megamid.checkpoint.dist_layout import extra_state_objects
+    from megamid.checkpoint.dist_layout import checkpoint_key, extra_state_objects, tp_slices
     from megamid.checkpoint.streaming_save import save_streaming
     from megamid.config import ModelConfig
 
@@ -153,16 +153,18 @@ def streaming_liveness(out):
     weights = _all_weights(cfg)
     made, alive_at_make = [], []
 
-    def make(name):
+    def make(name, i):
         alive_at_make.append(sum(ref() is not None for _, ref in made))
-        t = torch.randn(weights[name])
-        made.append((name, weakref.ref(t)))
-        return t
+        chunk = tp_slices(torch.randn(weights[name]), checkpoint_key(name)[2], 2)[i][0].clone()
+        made.append(((name, i), weakref.ref(chunk)))
+        return chunk
 
     os.makedirs(out)
     save_streaming(out, {n: (s, torch.float32) for n, s in weights.items()}, make, cfg.num_layers, 2,
                    extra_state_objects(cfg.num_layers))
-    return {"max_alive": max(alive_at_make), "made": [n for n, _ in made], "declared": sorted(weights)}
+    declared = [(n, i) for n in weights for i in range(len(tp_slices(torch.empty(weights[n], device="meta"),
+                                                                         checkpoint_key(n)[2], 2)))]
+    return {"max_alive": max(alive_at_make), "made": [list(c) for c, _ in made], "declared": sorted(map(list, declared))}
 
 
 def layout_mismatches(gpt, model_cfg):

@@ -171,10 +171,10 @@ def test_streamed_checkpoint_equals_megatrons_own_save(work, case):
     assert work["single"]["streamed_vs_megatron_save"][case] == []
 
 
-def test_streaming_save_makes_each_tensor_once_and_drops_it(work):
+def test_streaming_save_makes_each_chunk_once_and_drops_it(work):
     live = work["single"]["streaming_liveness"]
-    assert sorted(live["made"]) == live["declared"]  # every weight made exactly once
-    # when a tensor is made, at most the previous one (its last chunk just written) is still referenced
+    assert sorted(live["made"]) == live["declared"]  # every TP chunk of every weight made exactly once
+    # when a chunk is made, at most the previous one (just written, still DCP's loop variable) is alive
     assert live["max_alive"] <= 1
 
 
