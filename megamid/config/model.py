@@ -88,10 +88,15 @@ class ModelConfig:
         return 4 * self.hidden_size
 
     def num_parameters(self) -> int:
-        """Parameter count (embedding and output counted separately unless tied)."""
+        """Parameter count, biases and norms included (embedding and output counted separately unless tied)."""
         h, f, d = self.hidden_size, self.ffn_size, self.head_dim
         attn = h * d * (self.num_attention_heads + 2 * self.query_groups) + self.num_attention_heads * d * h
         mlp = h * f * (3 if self.activation == "swiglu" else 2)
+        if self.add_qkv_bias or self.add_bias_linear:
+            attn += d * (self.num_attention_heads + 2 * self.query_groups)
+        if self.add_bias_linear:
+            attn += h
+            mlp += f * (2 if self.activation == "swiglu" else 1) + h
         per_layer = attn + mlp + 2 * h + (2 * d if self.qk_layernorm else 0)
         emb = self.vocab_size * h
         return self.num_layers * per_layer + h + emb * (1 if self.tie_embeddings else 2)

@@ -59,11 +59,14 @@ def single(work, cases, tokens):
     from megamid.checkpoint.hf_conversion import export_hf, import_hf
 
     quiet = lambda msg: None  # noqa: E731
+    counts = {}
     for case, hf_dir in cases.items():
         d = os.path.join(work, case)
         for tp in (1, 2):
             import_hf(hf_dir, os.path.join(d, f"tp{tp}"), tp=tp, log=quiet)
-        gpt = build(model_cfg_of(os.path.join(d, "tp1")), 1)
+        cfg = model_cfg_of(os.path.join(d, "tp1"))
+        gpt = build(cfg, 1)
+        counts[case] = [sum(p.numel() for p in gpt.parameters()), cfg.num_parameters()]
         for tp in (1, 2):
             torch.save(logits_of(gpt, os.path.join(d, f"tp{tp}"), tokens), os.path.join(d, f"written_tp{tp}_run_tp1.pt"))
         export_hf(os.path.join(d, "tp2"), os.path.join(d, "back"), max_file_bytes=40_000, log=quiet)
@@ -82,7 +85,8 @@ def single(work, cases, tokens):
     gpt = build(model_cfg_of(phase_ckpt), 1)
     torch.save(logits_of(gpt, phase_ckpt, tokens, rope=PHASE_ROPE), os.path.join(d, "phase_run_tp1.pt"))
     export_hf(os.path.join(d, "trained"), os.path.join(d, "back_phase"), log=quiet)
-    return {"streamed_vs_megatron_save": {case: streamed_vs_megatron_save(os.path.join(work, case), hf_dir)
+    return {"parameter_counts": counts,
+            "streamed_vs_megatron_save": {case: streamed_vs_megatron_save(os.path.join(work, case), hf_dir)
                                           for case, hf_dir in cases.items()},
             "streaming_liveness": streaming_liveness(os.path.join(work, "liveness"))}
 

@@ -166,6 +166,12 @@ def test_tp2_shards_are_the_ones_megatron_declares(work, case):
 
 
 @pytest.mark.parametrize("case", CASES)
+def test_model_config_counts_the_parameters_megatron_builds(work, case):
+    built, counted = work["single"]["parameter_counts"][case]
+    assert built == counted
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_streamed_checkpoint_equals_megatrons_own_save(work, case):
     # same DCP metadata (keys, global shapes, chunks) and the same tensors as dist_checkpointing.save
     assert work["single"]["streamed_vs_megatron_save"][case] == []
