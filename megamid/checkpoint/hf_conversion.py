@@ -3,8 +3,8 @@
 `import_hf` reads config.json, checks every safetensors weight's name and shape against it, declares the
 megatron weights (hf_llama's mapping, dist_layout's TP chunks) to megatron's checkpoint layout with
 data-free placeholders, and writes one megatron-core torch_dist checkpoint with `save_streaming`, which
-makes each megatron weight from the HF tensors it needs only when its chunks are written: peak memory is
-about one weight (the embedding, for most models) plus the process itself, not the model.
+makes each TP chunk from just the HF rows it holds when that chunk is written: peak memory is about two
+of the largest chunks (the embedding's, for most models) plus the process itself, not the model.
 `export_hf` loads a megamid checkpoint saved at any TP/PP one layer at a time into TP=1 tensors
 (megatron's loader reshards, reading only that layer's slice) and streams them into safetensors files,
 with the config.json of the rope the checkpoint's phase trained with.
