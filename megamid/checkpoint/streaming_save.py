@@ -68,7 +68,8 @@ def save_streaming(checkpoint_dir: str, tensors: dict[str, tuple[tuple, torch.dt
     (dist_layout), plus megatron ShardedObjects `objects`, into the empty directory `checkpoint_dir`.
 
     make(name, i) returns chunk i of `name` as dist_layout.tp_slices orders them (the whole tensor for a
-    replicated weight or TP=1) when it is written: once per chunk, in the declared shape and dtype."""
+    replicated weight; SwiGLU's fc1 has 2 x TP chunks) when it is written: once per chunk, in the declared
+    shape and dtype."""
     from megatron.core import dist_checkpointing
 
     sharded: dict = {}
