@@ -289,7 +289,7 @@ def hf_config(model_cfg: ModelConfig, rope_dict: Mapping[str, Any] | None = None
 
     rope_dict (default model_cfg.rope; a later phase may use another) goes through `RopeScaling.to_hf`,
     whose top-level keys win: dynamic NTK sets max_position_embeddings to its original length, the
-    point past which HF starts scaling. `LlamaConfig(**hf_config(...))` builds the model."""
+    point past which HF starts scaling. A scaled rope is also written as the legacy `rope_scaling`. `LlamaConfig(**hf_config(...))` builds the model."""
     from megamid.rope import RopeScaling
 
     check_llama_like(model_cfg)
@@ -327,6 +327,11 @@ def hf_config(model_cfg: ModelConfig, rope_dict: Mapping[str, Any] | None = None
     elif family == "qwen3":
         out.update(attention_bias=False)
     out.update(rope.to_hf())
+    params = out["rope_parameters"]
+    if params["rope_type"] != "default":
+        # transformers < 5 (and the vLLM releases built on it) read only the legacy `rope_scaling`, and would
+        # silently run unscaled RoPE without it; transformers 5 takes either (the same parameters)
+        out["rope_scaling"] = {k: v for k, v in params.items() if k != "rope_theta"}
     return out
 
 

@@ -9,6 +9,7 @@ The megatron half runs in tests/rope/hf_logits_driver.py, one subprocess for eve
 mode is a process-global TorchFunctionMode that must stay out of pytest's process.
 """
 
+import copy
 import json
 import os
 import subprocess
@@ -160,7 +161,15 @@ def test_hf_config_builds_a_llama_config_with_the_same_rope(rope):
     assert d["intermediate_size"] == 40 and d["head_dim"] == 8 and d["dtype"] == "float32"
     # dynamic NTK scales past HF's max_position_embeddings: that must be the original length
     assert d["max_position_embeddings"] == (64 if rope["type"] == "dynamic" else 512)
-    config = LlamaConfig(**d)
+    # transformers < 5 reads the legacy rope_scaling: the same parameters, rope_theta stays top-level
+    legacy = d.get("rope_scaling")
+    if d["rope_parameters"]["rope_type"] == "default":
+        assert legacy is None
+    else:
+        assert legacy == {k: v for k, v in d["rope_parameters"].items() if k != "rope_theta"}
+        old_style = copy.deepcopy({k: v for k, v in d.items() if k != "rope_parameters"})
+        assert RopeScaling.from_hf(LlamaConfig(**old_style)) == RopeScaling.from_dict(rope, head_dim=8)
+    config = LlamaConfig(**copy.deepcopy(d))  # transformers fills defaults into the dicts it is given
     assert RopeScaling.from_hf(config) == RopeScaling.from_dict(rope, head_dim=8)
 
 
