@@ -87,16 +87,17 @@ class _AllGatherSequence(torch.autograd.Function):
         return grad.chunk(cp, dim=2)[rank].contiguous(), None
 
 
-def allgather_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, group, doc: Tensor | None = None) -> Tensor:
+def allgather_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, group, doc: Tensor | None = None,
+                        window: int | None = None) -> Tensor:
     """Local queries [b, hq, s, d] against every rank's K/V; returns [b, hq, s, d] in q's dtype.
-    doc: document ids [b, S] of the global sequence (packed rows) or None."""
+    doc: document ids [b, S] of the global sequence (packed rows) or None; window: a sliding window."""
     cp, rank, s = group.size(), group.rank(), q.shape[2]
     k_all = _AllGatherSequence.apply(k, group)
     v_all = _AllGatherSequence.apply(v, group)
     q_pos = rank_positions(s, group, rank, q.device)
     k_pos = torch.cat([rank_positions(s, group, j, q.device) for j in range(cp)])
     q_doc, k_doc = (None, None) if doc is None else (doc[:, q_pos], doc[:, k_pos])
-    out, _ = block_attention(q, k_all, v_all, q_pos, k_pos, q_doc, k_doc, scale)
+    out, _ = block_attention(q, k_all, v_all, q_pos, k_pos, q_doc, k_doc, scale, window=window)
     return out.to(q.dtype)
 
 
@@ -124,7 +125,7 @@ def _wait(reqs) -> None:
 
 class _RingAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, scale, group, doc):
+    def forward(ctx, q, k, v, scale, group, doc, window):
         cp, rank, s = group.size(), group.rank(), q.shape[2]
         positions = [rank_positions(s, group, j, q.device) for j in range(cp)]
         q_pos = positions[rank]
@@ -135,12 +136,12 @@ class _RingAttention(torch.autograd.Function):
             src = (rank - step) % cp
             recv, reqs = _exchange(kv, group) if step < cp - 1 else (None, [])
             k_doc = None if doc is None else doc[:, positions[src]]
-            o, l = block_attention(q, kv[0], kv[1], q_pos, positions[src], q_doc, k_doc, scale)
+            o, l = block_attention(q, kv[0], kv[1], q_pos, positions[src], q_doc, k_doc, scale, window=window)
             out, lse = (o, l) if out is None else merge_attention(out, lse, o, l)
             _wait(reqs)
             kv = recv
         ctx.save_for_backward(q, k, v, out, lse, doc)
-        ctx.scale, ctx.group = scale, group
+        ctx.scale, ctx.group, ctx.window = scale, group, window
         return out.to(q.dtype)
 
     @staticmethod
@@ -162,7 +163,7 @@ class _RingAttention(torch.autograd.Function):
             k_doc = None if doc is None else doc[:, positions[src]]
             with torch.enable_grad():
                 qd, kd, vd = (t.detach().requires_grad_() for t in (q, kv[0], kv[1]))
-                o, l = block_attention(qd, kd, vd, q_pos, positions[src], q_doc, k_doc, scale)
+                o, l = block_attention(qd, kd, vd, q_pos, positions[src], q_doc, k_doc, scale, window=ctx.window)
                 # out = sum_i w_i o_i with w_i = exp(lse_i - lse): d o_i = w_i g, d lse_i = w_i <g, o_i - out>
                 w = torch.where(torch.isfinite(l) & torch.isfinite(lse), torch.exp(l.detach() - lse_safe),
                                 torch.zeros_like(lse))
@@ -176,12 +177,13 @@ class _RingAttention(torch.autograd.Function):
             _wait(reqs)
             dkv = recv_dkv
             kv = recv_kv
-        return dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None, None
+        return dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None, None, None
 
 
-def ring_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, group, doc: Tensor | None = None) -> Tensor:
+def ring_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, group, doc: Tensor | None = None,
+                   window: int | None = None) -> Tensor:
     """Ring attention of the local queries [b, hq, s, d] over every rank's K/V; [b, hq, s, d] out."""
-    return _RingAttention.apply(q, k, v, scale, group, doc)
+    return _RingAttention.apply(q, k, v, scale, group, doc, window)
 
 
 CP_SCHEMES = {"allgather": allgather_attention, "ring": ring_attention}

@@ -8,6 +8,8 @@ Paths, per call:
 - CP = 1, no documents: SDPA, causal, GQA without repeating K/V (flash / efficient / cuDNN on GPU).
 - CP = 1, packed documents (packed_seq_params with cu_seqlens, see megamid.attention.packed): per
   document SDPA on CPU, FlexAttention with a document block mask on GPU.
+- A sliding window (model.sliding_window; megatron's window_size (window - 1, 0)) joins every mask:
+  SDPA with an explicit mask on CPU, FlexAttention on GPU, and the CP schemes' position masks.
 - CP > 1: the sequence is this rank's dual-chunk shard; K/V all-gather or ring (cp_comm_type
   "all_gather" / "p2p", as megatron's TransformerConfig.cp_comm_type names them).
 """
@@ -56,8 +58,12 @@ class MegamidCoreAttention(MegatronModule):
         self.cp_comm = CP_COMM_TYPES[cp_comm_type]
         if getattr(config, "softmax_type", "vanilla") != "vanilla":
             raise ConfigError(f"softmax_type={config.softmax_type!r}: megamid attention has the vanilla softmax only")
-        if getattr(config, "window_size", None) is not None:
-            raise ConfigError("window_size: megamid attention has no sliding window; use MEGAMID_ATTENTION=megatron")
+        window = getattr(config, "window_size", None)
+        if window is not None and (len(window) != 2 or window[1] != 0 or window[0] < 0):
+            raise ConfigError(f"window_size={window}: megamid attention takes a causal sliding window (left, 0) "
+                              "(model.sliding_window sets it)")
+        # keys fewer than `window` positions back (the query itself included), as model.sliding_window says
+        self.window = None if window is None else window[0] + 1
 
     @property
     def cp_size(self) -> int:
@@ -88,7 +94,7 @@ class MegamidCoreAttention(MegatronModule):
             if dropout > 0:
                 raise ConfigError(f"model.attention_dropout={dropout} is not supported with context parallelism "
                                   "in megamid attention: set it to 0")
-            out = CP_SCHEMES[self.cp_comm](q, k, v, self.softmax_scale, self.cp_group, doc)
+            out = CP_SCHEMES[self.cp_comm](q, k, v, self.softmax_scale, self.cp_group, doc, self.window)
         else:
             with self._rng():
                 out = self._attend(q, k, v, attention_mask, mask_type, doc, cu, dropout)
@@ -96,13 +102,18 @@ class MegamidCoreAttention(MegatronModule):
         return out.permute(2, 0, 1, 3).reshape(sq, b, -1)
 
     def _attend(self, q, k, v, attention_mask, mask_type, doc, cu, dropout):
+        window = self.window
         if attention_mask is not None:
             if doc is not None:
                 raise NotImplementedError("pass either packed_seq_params or an attention_mask, not both")
+            if window is not None:
+                raise NotImplementedError("an explicit attention_mask with a sliding window is not supported")
             return causal_sdpa(q, k, v, self.softmax_scale, dropout, attn_mask=~attention_mask.bool())
         if mask_type not in (AttnMaskType.causal, AttnMaskType.no_mask, AttnMaskType.padding):
             raise NotImplementedError(f"attn_mask_type={mask_type} is not supported by megamid attention")
         if mask_type != AttnMaskType.causal:
+            if window is not None:
+                raise NotImplementedError(f"attn_mask_type={mask_type} with a sliding window is not supported")
             return torch.nn.functional.scaled_dot_product_attention(
                 q, k, v, dropout_p=dropout, scale=self.softmax_scale, enable_gqa=q.shape[1] != k.shape[1])
         if doc is None and q.shape[2] != k.shape[2]:
@@ -111,17 +122,19 @@ class MegamidCoreAttention(MegatronModule):
             if dropout > 0:
                 raise ConfigError("attention dropout with cached keys (sq != sk) is not supported")
             k_pos = torch.arange(k.shape[2], device=q.device)
-            out, _ = block_attention(q, k, v, k_pos[k.shape[2] - q.shape[2]:], k_pos, None, None, self.softmax_scale)
+            out, _ = block_attention(q, k, v, k_pos[k.shape[2] - q.shape[2]:], k_pos, None, None, self.softmax_scale,
+                                     window=window)
             return out.to(q.dtype)
-        if doc is None:
-            return causal_sdpa(q, k, v, self.softmax_scale, dropout)
-        if not q.is_cuda:
-            return varlen_sdpa(q, k, v, cu, self.softmax_scale, dropout)
+        if doc is None and (window is None or not q.is_cuda or dropout > 0):
+            return causal_sdpa(q, k, v, self.softmax_scale, dropout, window=window)
+        if doc is not None and not q.is_cuda:
+            return varlen_sdpa(q, k, v, cu, self.softmax_scale, dropout, window=window)
         if dropout > 0:
             raise ConfigError(f"model.attention_dropout={dropout}: FlexAttention (packed documents on GPU) "
                               "has no dropout; set it to 0")
+        # GPU, packed documents or a sliding window: FlexAttention's block-sparse mask skips what is masked
         pos = torch.arange(q.shape[2], device=q.device)
-        out, _ = block_attention(q, k, v, pos, pos, doc, doc, self.softmax_scale)
+        out, _ = block_attention(q, k, v, pos, pos, doc, doc, self.softmax_scale, window=window)
         return out.to(q.dtype)
 
     def _rng(self):

@@ -38,15 +38,19 @@ def document_ids(cu_seqlens: Tensor, batch: int, seq_len: int) -> Tensor:
 
 
 def causal_sdpa(q: Tensor, k: Tensor, v: Tensor, scale: float, dropout_p: float = 0.0,
-                attn_mask: Tensor | None = None) -> Tensor:
-    """SDPA with GQA; causal unless attn_mask (bool, True = may attend) is given. [b, hq, s, d] out."""
+                attn_mask: Tensor | None = None, window: int | None = None) -> Tensor:
+    """SDPA with GQA; causal (within `window` keys back, if given) unless attn_mask (bool, True = may
+    attend) is given. [b, hq, s, d] out."""
     gqa = q.shape[1] != k.shape[1]
+    if window is not None and attn_mask is None:
+        pos = torch.arange(q.shape[2], device=q.device)
+        attn_mask = allowed(pos, pos, None, None, window)[0]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
                                           is_causal=attn_mask is None, scale=scale, enable_gqa=gqa)
 
 
 def varlen_sdpa(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, scale: float,
-                dropout_p: float = 0.0) -> Tensor:
+                dropout_p: float = 0.0, window: int | None = None) -> Tensor:
     """Causal attention within each document of packed rows: SDPA per document (a CPU path: one
     host sync for the boundaries, then small dense problems)."""
     b, _, s, _ = q.shape
@@ -60,13 +64,17 @@ def varlen_sdpa(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, scale: floa
         if hi > s:
             raise ValueError(f"cu_seqlens: document [{start}, {end}) crosses row {row}'s end at {(row + 1) * s}")
         out[row, :, lo:hi] = causal_sdpa(q[row:row + 1, :, lo:hi], k[row:row + 1, :, lo:hi],
-                                         v[row:row + 1, :, lo:hi], scale, dropout_p)[0]
+                                         v[row:row + 1, :, lo:hi], scale, dropout_p, window=window)[0]
     return out
 
 
-def allowed(q_pos: Tensor, k_pos: Tensor, q_doc: Tensor | None, k_doc: Tensor | None) -> Tensor:
-    """Bool mask [b or 1, sq, sk]: key at or before the query (global positions), same document."""
+def allowed(q_pos: Tensor, k_pos: Tensor, q_doc: Tensor | None, k_doc: Tensor | None,
+            window: int | None = None) -> Tensor:
+    """Bool mask [b or 1, sq, sk]: key at or before the query (global positions), fewer than `window`
+    positions before it (a sliding window, HF Mistral's meaning), same document."""
     mask = (k_pos[None, :] <= q_pos[:, None])[None]
+    if window is not None:
+        mask = mask & (k_pos[None, :] > q_pos[:, None] - window)[None]
     if q_doc is not None:
         mask = mask & (q_doc[:, :, None] == k_doc[:, None, :])
     return mask
@@ -100,37 +108,44 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def flex_block_mask(q_pos: Tensor, k_pos: Tensor, q_doc: Tensor | None, k_doc: Tensor | None, batch: int):
+def flex_block_mask(q_pos: Tensor, k_pos: Tensor, q_doc: Tensor | None, k_doc: Tensor | None, batch: int,
+                    window: int | None = None):
     from torch.nn.attention.flex_attention import create_block_mask
+
+    def causal(qi, ki):
+        seen = k_pos[ki] <= q_pos[qi]
+        return seen if window is None else seen & (k_pos[ki] > q_pos[qi] - window)
 
     if q_doc is None:
         def mask_mod(b, h, qi, ki):
-            return k_pos[ki] <= q_pos[qi]
+            return causal(qi, ki)
         rows = None
     else:
         def mask_mod(b, h, qi, ki):
-            return (k_pos[ki] <= q_pos[qi]) & (q_doc[b, qi] == k_doc[b, ki])
+            return causal(qi, ki) & (q_doc[b, qi] == k_doc[b, ki])
         rows = batch
     return create_block_mask(mask_mod, B=rows, H=None, Q_LEN=q_pos.numel(), KV_LEN=k_pos.numel(),
                              device=q_pos.device)
 
 
 def block_attention(q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor, q_doc: Tensor | None = None,
-                    k_doc: Tensor | None = None, scale: float | None = None, block_mask=None) -> tuple[Tensor, Tensor]:
+                    k_doc: Tensor | None = None, scale: float | None = None, block_mask=None,
+                    window: int | None = None) -> tuple[Tensor, Tensor]:
     """(out [b, hq, sq, d], lse [b, hq, sq]) of q against the block k, v [b, hk, sk, d], both float32
     (float64 for float64 inputs on CPU).
 
     q_pos [sq], k_pos [sk]: global token positions (a key is seen at or before its query);
-    q_doc [b, sq], k_doc [b, sk]: document ids, or None for one document per row. block_mask: a
-    precomputed FlexAttention mask for these positions (GPU; built here when None)."""
+    q_doc [b, sq], k_doc [b, sk]: document ids, or None for one document per row. window: a sliding
+    window (see `allowed`). block_mask: a precomputed FlexAttention mask for these positions, document
+    ids and window (GPU; built here when None)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if q.is_cuda:
         if block_mask is None:
-            block_mask = flex_block_mask(q_pos, k_pos, q_doc, k_doc, q.shape[0])
+            block_mask = flex_block_mask(q_pos, k_pos, q_doc, k_doc, q.shape[0], window)
         out, lse = _compiled_flex()(q, k, v, block_mask=block_mask, scale=scale,
                                     enable_gqa=q.shape[1] != k.shape[1], return_lse=True)
         return out.float(), lse.float()
-    return _math_block(q, k, v, allowed(q_pos, k_pos, q_doc, k_doc), scale)
+    return _math_block(q, k, v, allowed(q_pos, k_pos, q_doc, k_doc, window), scale)
 
 
 def reference_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float | None = None) -> Tensor:

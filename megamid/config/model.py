@@ -27,6 +27,7 @@ class ModelConfig:
     add_bias_linear: bool = False
     add_qkv_bias: bool = False                     # Qwen2 style
     qk_layernorm: bool = False                     # Qwen3 style: RMSNorm over each query / key head before RoPE
+    sliding_window: Optional[int] = None           # Mistral style: a query sees itself and the window - 1 keys before it
     init_method_std: float = 0.02
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
@@ -34,7 +35,7 @@ class ModelConfig:
     def __post_init__(self):
         for name in ("num_layers", "hidden_size", "num_attention_heads", "vocab_size", "max_position_embeddings"):
             check_positive(f"model.{name}", getattr(self, name))
-        for name in ("ffn_hidden_size", "num_query_groups", "kv_channels"):
+        for name in ("ffn_hidden_size", "num_query_groups", "kv_channels", "sliding_window"):
             if getattr(self, name) is not None:
                 check_positive(f"model.{name}", getattr(self, name))
         if self.kv_channels is None:

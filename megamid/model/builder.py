@@ -79,6 +79,8 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, recompute: 
         add_bias_linear=model.add_bias_linear,
         add_qkv_bias=model.add_qkv_bias,
         qk_layernorm=model.qk_layernorm,
+        # (left, right) as TE and megamid's attention read it: the window - 1 keys before each query
+        window_size=None if model.sliding_window is None else (model.sliding_window - 1, 0),
         init_method_std=model.init_method_std,
         attention_dropout=model.attention_dropout,
         hidden_dropout=model.hidden_dropout,

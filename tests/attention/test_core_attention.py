@@ -28,11 +28,12 @@ class _Group:
         return self._size
 
 
-def _module(heads=HQ, groups=HK, dropout=0.0):
+def _module(heads=HQ, groups=HK, dropout=0.0, window=None):
     from megatron.core.transformer.enums import AttnMaskType
 
     config = SimpleNamespace(num_attention_heads=heads, num_query_groups=groups, kv_channels=D,
-                             attention_dropout=dropout, softmax_type="vanilla", window_size=None)
+                             attention_dropout=dropout, softmax_type="vanilla",
+                             window_size=None if window is None else (window - 1, 0))
     return MegamidCoreAttention(config, 1, AttnMaskType.causal, "self",
                                 pg_collection=SimpleNamespace(tp=_Group(), cp=None))
 
@@ -189,14 +190,15 @@ def test_gpu_sdpa_matches_reference(dtype):
 
 
 @pytest.mark.gpu
-def test_gpu_flex_documents_and_lse_match_cpu():
+@pytest.mark.parametrize("window", [None, 40])
+def test_gpu_flex_documents_and_lse_match_cpu(window):
     s = 256
     cu = torch.tensor([0, 70, 200, 256, 300, 512], dtype=torch.int32)
     q, k, v = (t.detach().permute(1, 2, 0, 3).float() for t in _qkv(s))
     doc, pos = document_ids(cu, B, s), torch.arange(s)
-    want_out, want_lse = block_attention(q, k, v, pos, pos, doc, doc)
+    want_out, want_lse = block_attention(q, k, v, pos, pos, doc, doc, window=window)
     qc, kc, vc = (t.cuda().requires_grad_() for t in (q, k, v))
-    out, lse = block_attention(qc, kc, vc, pos.cuda(), pos.cuda(), doc.cuda(), doc.cuda())
+    out, lse = block_attention(qc, kc, vc, pos.cuda(), pos.cuda(), doc.cuda(), doc.cuda(), window=window)
     torch.testing.assert_close(out.cpu(), want_out, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(lse.cpu(), want_lse, rtol=1e-3, atol=1e-3)
     (out.sum() + lse.sum()).backward()   # gradients flow through FlexAttention's lse
@@ -210,3 +212,37 @@ def test_cached_keys_align_queries_with_the_last_keys():
     full = _module()(q, k, v, None)
     last = _module()(q[-3:], k, v, None)
     torch.testing.assert_close(last, full[-3:])
+
+
+def test_sliding_window_matches_the_masked_reference():
+    """window W: a query sees itself and the W - 1 keys before it (HF Mistral's sliding_window)."""
+    s, w = 20, 5
+    q, k, v = _qkv(s)
+    out = _module(window=w)(q, k, v, None)
+    qb, kb, vb = (t.permute(1, 2, 0, 3) for t in (q, k, v))
+    pos = torch.arange(s)
+    mask = allowed(pos, pos, None, None, w)
+    assert mask[0].sum(-1).tolist() == [min(i + 1, w) for i in range(s)]
+    want = reference_attention(qb, kb, vb, mask).permute(2, 0, 1, 3).reshape(s, B, HQ * D)
+    torch.testing.assert_close(out, want)
+    for a, b in zip(_grads(out, (q, k, v)), _grads(want, (q, k, v))):
+        torch.testing.assert_close(a, b)
+    assert not torch.allclose(out, _module()(q, k, v, None))  # the window does cut keys off
+    # a decode step with cached keys, packed documents and the masked block honour it too
+    torch.testing.assert_close(_module(window=w)(q[-3:], k, v, None), out[-3:])
+    cu = torch.tensor([0, 12, 20, 40], dtype=torch.int32)
+    packed = _module(window=w)(q, k, v, None, packed_seq_params=_packed_params(cu, B, s))
+    doc = document_ids(cu, B, s)
+    blocked, _ = block_attention(qb.detach(), kb.detach(), vb.detach(), pos, pos, doc, doc, window=w)
+    torch.testing.assert_close(packed.detach(), blocked.permute(2, 0, 1, 3).reshape(s, B, HQ * D).to(packed.dtype))
+    want_packed = reference_attention(qb, kb, vb, allowed(pos, pos, doc, doc, w))
+    torch.testing.assert_close(packed, want_packed.permute(2, 0, 1, 3).reshape(s, B, HQ * D))
+
+
+def test_window_size_must_be_causal():
+    with pytest.raises(ConfigError, match="causal sliding window"):
+        from megatron.core.transformer.enums import AttnMaskType
+
+        config = SimpleNamespace(num_attention_heads=HQ, num_query_groups=HK, kv_channels=D, attention_dropout=0.0,
+                                 softmax_type="vanilla", window_size=(4, 4))
+        MegamidCoreAttention(config, 1, AttnMaskType.causal, "self", pg_collection=SimpleNamespace(tp=_Group(), cp=None))
