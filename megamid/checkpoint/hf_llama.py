@@ -212,7 +212,7 @@ _DTYPES_FROM_HF = {v: k for k, v in _DTYPE_NAMES.items()}
 
 
 def model_config_from_hf(config: Mapping[str, Any]) -> ModelConfig:
-    """A config.json (dict) of a Llama / Mistral / Qwen2 model -> megamid's ModelConfig.
+    """A config.json (dict) of a Llama / Mistral / Qwen2 / Qwen3 model -> megamid's ModelConfig.
 
     Errors name the config.json key, its value and what converts."""
     from megamid.rope import RopeScaling
@@ -253,18 +253,43 @@ def model_config_from_hf(config: Mapping[str, Any]) -> ModelConfig:
         max_position_embeddings=config.get("max_position_embeddings", 2048), rope=rope.to_dict(),
         tie_embeddings=bool(config.get("tie_word_embeddings", False)), dtype=_DTYPES_FROM_HF[dtype],
         norm_epsilon=config.get("rms_norm_eps", 1e-6), add_bias_linear=add_bias_linear, add_qkv_bias=add_qkv_bias,
-        qk_layernorm=family == "qwen3",
+        qk_layernorm=family == "qwen3", sliding_window=_sliding_window(config, family)[0],
         init_method_std=config.get("initializer_range", 0.02), attention_dropout=config.get("attention_dropout", 0.0))
 
 
-def attention_window_notes(config: Mapping[str, Any]) -> list[str]:
-    """Warnings for what the conversion keeps but megamid's model does not do: sliding-window attention."""
+def _layer_types(config: Mapping[str, Any]) -> list[str]:
+    """Qwen2 / Qwen3's per-layer attention kinds: config.json's layer_types, else as transformers derives
+    them (sliding from layer max_window_layers on, when use_sliding_window)."""
+    layers = config["num_hidden_layers"]
+    if config.get("layer_types"):
+        return list(config["layer_types"])
+    start = config.get("max_window_layers", layers)
+    return ["sliding_attention" if config.get("use_sliding_window") and i >= start else "full_attention"
+            for i in range(layers)]
+
+
+def _sliding_window(config: Mapping[str, Any], family: str) -> tuple[int | None, list[str]]:
+    """(model.sliding_window, warnings): Mistral's window applies to every layer; Qwen2 / Qwen3 windows
+    convert when every layer uses one (or none does); a mix of windowed and full layers does not."""
     window = config.get("sliding_window")
-    uses = config.get("use_sliding_window", HF_ARCHITECTURES.get((config.get("architectures") or [""])[0]) == "mistral")
-    if window and uses and window < config.get("max_position_embeddings", 0):
-        return [f"config.json sliding_window={window}: megamid's model attends over the whole sequence, so it "
-                f"matches the HF model only for sequences of at most {window} tokens"]
-    return []
+    if not window or family == "llama":
+        return None, []
+    if family == "mistral":
+        return int(window), []
+    kinds = set(_layer_types(config)) if config.get("use_sliding_window") else {"full_attention"}
+    if kinds == {"sliding_attention"}:
+        return int(window), []
+    if kinds == {"full_attention"}:
+        return None, []
+    return None, [f"config.json sliding_window={window} on some layers only (layer_types / max_window_layers): "
+                  "megamid's model uses one window for all layers or none, so these layers attend over the whole "
+                  f"sequence and match the HF model only for sequences of at most {window} tokens"]
+
+
+def attention_window_notes(config: Mapping[str, Any]) -> list[str]:
+    """Warnings for what the conversion cannot keep: a sliding window on some layers only."""
+    arch = (config.get("architectures") or [""])[0]
+    return _sliding_window(config, HF_ARCHITECTURES.get(arch, "llama"))[1]
 
 
 def hf_weight_shapes(model_cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -284,8 +309,8 @@ def hf_weight_shapes(model_cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 # ---- config.json ---------------------------------------------------------------------------------
 def hf_config(model_cfg: ModelConfig, rope_dict: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """config.json for transformers' LlamaForCausalLM, Qwen2ForCausalLM (only q/k/v have biases) or
-    Qwen3ForCausalLM (q/k layernorms, no biases).
+    """config.json for transformers' LlamaForCausalLM, MistralForCausalLM (a sliding window, no biases),
+    Qwen2ForCausalLM (only q/k/v have biases) or Qwen3ForCausalLM (q/k layernorms, no biases).
 
     rope_dict (default model_cfg.rope; a later phase may use another) goes through `RopeScaling.to_hf`,
     whose top-level keys win: dynamic NTK sets max_position_embeddings to its original length, the
@@ -302,11 +327,15 @@ def hf_config(model_cfg: ModelConfig, rope_dict: Mapping[str, Any] | None = None
     if model_cfg.qk_layernorm and (model_cfg.add_qkv_bias or model_cfg.add_bias_linear):
         fail("model.qk_layernorm", True, "exports as Qwen3ForCausalLM, which has no q/k/v-only or MLP biases: "
              "set model.add_qkv_bias and model.add_bias_linear to false")
+    window = model_cfg.sliding_window
     family = "qwen3" if model_cfg.qk_layernorm else "qwen2" if model_cfg.add_qkv_bias and not model_cfg.add_bias_linear \
-        else "llama"
+        else "mistral" if window is not None else "llama"
+    if family == "mistral" and model_cfg.add_bias_linear:
+        fail("model.sliding_window", window, "with model.add_bias_linear exports nowhere: Llama has no window and "
+             "Mistral no biases")
     out: dict[str, Any] = {
-        "architectures": [{"qwen3": "Qwen3ForCausalLM", "qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}[
-            family]],
+        "architectures": [{"qwen3": "Qwen3ForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM",
+                           "llama": "LlamaForCausalLM"}[family]],
         "model_type": family,
         "vocab_size": model_cfg.vocab_size,
         "hidden_size": model_cfg.hidden_size,
@@ -326,6 +355,12 @@ def hf_config(model_cfg: ModelConfig, rope_dict: Mapping[str, Any] | None = None
         out.update(attention_bias=model_cfg.add_bias_linear, mlp_bias=model_cfg.add_bias_linear)
     elif family == "qwen3":
         out.update(attention_bias=False)
+    if family == "mistral":
+        out["sliding_window"] = window
+    elif family in ("qwen2", "qwen3"):
+        # every layer windowed, or none
+        out.update(use_sliding_window=window is not None, sliding_window=window, max_window_layers=0,
+                   layer_types=["sliding_attention" if window else "full_attention"] * model_cfg.num_layers)
     out.update(rope.to_hf())
     params = out["rope_parameters"]
     if params["rope_type"] != "default":

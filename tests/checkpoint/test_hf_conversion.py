@@ -1,8 +1,8 @@
 """python -m pytest -q tests/checkpoint/test_hf_conversion.py
 
 HF <-> megamid checkpoint conversion on small random transformers models (Llama with GQA and full biases,
-Mistral, Qwen2 with q/k/v biases and tied embeddings, Qwen3 with q/k norms and a head_dim of its own), the six
-HF rope types across them:
+Mistral with and without its sliding window, Qwen2 with q/k/v biases, tied embeddings, and a window on every
+layer, Qwen3 with q/k norms and a head_dim of its own), the six HF rope types across them:
 - imported at --tp 1 and --tp 2 and loaded as a recipe's base at TP=1 (one process) and TP=2 (one gloo
   torchrun launch for all cases), megamid's fp32 logits equal HF's within TOL;
 - the TP=2-written checkpoint exported back loads with AutoModelForCausalLM and gives HF's logits
@@ -54,6 +54,13 @@ CASES = {
         tie_word_embeddings=True, max_position_embeddings=32,
         rope_parameters={"rope_type": "dynamic", "factor": 4.0, "rope_theta": 10000.0})),
     "qwen2_default": (transformers.Qwen2Config, dict(rope_parameters={"rope_type": "default", "rope_theta": 1e6})),
+    # sliding windows shorter than SEQ: every query past the window loses keys
+    "mistral_window": (transformers.MistralConfig, dict(
+        sliding_window=16, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})),
+    "qwen2_window_all_layers": (transformers.Qwen2Config, dict(
+        use_sliding_window=True, sliding_window=12, max_window_layers=0,
+        rope_parameters={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32,
+                         "rope_theta": 10000.0})),
     # per-head q/k norms, and head_dim 32 with hidden 64 / 4 heads: q_proj has 128 rows, o_proj 128 columns
     "qwen3_qknorm_headdim_yarn": (transformers.Qwen3Config, dict(
         head_dim=32, tie_word_embeddings=True,
@@ -143,6 +150,10 @@ def test_round_trip_loads_in_transformers_with_the_same_logits(work, case):
     config = json.loads((back / "config.json").read_text())
     assert config["rope_parameters"]["rope_type"] == original["rope_parameters"]["rope_type"]
     assert config["tie_word_embeddings"] == original.get("tie_word_embeddings", False)
+    windowed = original.get("sliding_window") if original.get("use_sliding_window", case.startswith("mistral")) else None
+    assert config.get("sliding_window") == windowed
+    assert config["architectures"][0] == ("MistralForCausalLM" if case == "mistral_window" else
+                                          original["architectures"][0].replace("Mistral", "Llama"))
     # 40 kB files: several safetensors files and an index, read back by transformers
     assert (back / "model.safetensors.index.json").is_file()
     assert torch.equal(hf_logits(back, work["tokens"]), work["expected"][case])
@@ -218,6 +229,22 @@ def copy_dir(src, dst, config_update=None, drop=()):
         config.update(config_update)
         (dst / "config.json").write_text(json.dumps(config))
     return dst
+
+
+def test_sliding_windows_convert_when_every_layer_has_one():
+    from megamid.checkpoint.hf_llama import attention_window_notes, model_config_from_hf
+
+    def convert(config_cls, **kw):
+        config = config_cls(**{**SMALL, **kw}).to_dict()
+        config["architectures"] = [config_cls.__name__.replace("Config", "ForCausalLM")]
+        return model_config_from_hf(config).sliding_window, attention_window_notes(config)
+
+    assert convert(transformers.MistralConfig, sliding_window=8) == (8, [])
+    assert convert(transformers.MistralConfig, sliding_window=None) == (None, [])
+    assert convert(transformers.Qwen2Config, use_sliding_window=True, sliding_window=8, max_window_layers=0) == (8, [])
+    assert convert(transformers.Qwen3Config, use_sliding_window=False, sliding_window=8) == (None, [])
+    window, notes = convert(transformers.Qwen2Config, use_sliding_window=True, sliding_window=8, max_window_layers=1)
+    assert window is None and len(notes) == 1 and "some layers only" in notes[0]
 
 
 @pytest.mark.parametrize("update, match", [
