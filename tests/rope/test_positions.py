@@ -6,6 +6,7 @@ Positions of context-parallel shards (Megatron's dual-chunk layout) and of packe
 import pytest
 import torch
 
+from fake_group import FakeGroup
 from megamid.config import ConfigError
 from megamid.kernels.doc_positions import doc_positions_reference
 from megamid.rope import cp_shard_positions, packed_cp_shard_positions, packed_positions
@@ -42,17 +43,6 @@ def test_cp_shards_match_megatron_slicing(cp_size, monkeypatch):
         group = FakeGroup(cp_size, rank)
         got = rope_utils.get_pos_emb_on_this_cp_rank(table, 0, group)[:, 0, 0, 0]
         assert got.tolist() == cp_shard_positions(seq_len, cp_size, rank).tolist()
-
-
-class FakeGroup:
-    def __init__(self, size, rank):
-        self._size, self._rank = size, rank
-
-    def size(self):
-        return self._size
-
-    def rank(self):
-        return self._rank
 
 
 def test_cp_shard_errors():

@@ -16,6 +16,7 @@ from transformers import LlamaConfig
 from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXRotaryEmbedding
 from transformers.models.llama.modeling_llama import rotate_half
 
+from fake_group import FakeGroup
 from megamid.config import ConfigError
 from megamid.rope import RopeScaling, cp_shard_positions, packed_positions
 from megamid.rope.rotary_embedding import (
@@ -126,17 +127,6 @@ def test_bind_attention_factor_reaches_megatron_attention(factor):
     bind_attention_factor(config, factor)
     # exactly what megatron's attention passes as mscale to apply_rotary_pos_emb
     assert _yarn_get_concentration_factor_from_config(config) == pytest.approx(factor, rel=1e-15)
-
-
-class FakeGroup:
-    def __init__(self, size, rank):
-        self._size, self._rank = size, rank
-
-    def size(self):
-        return self._size
-
-    def rank(self):
-        return self._rank
 
 
 @pytest.mark.parametrize("kind", ["yarn", "dynamic", "longrope"])
