@@ -1,5 +1,10 @@
+"""Fixtures for every test folder; shared helper functions live in tests/helpers (`from helpers.training import run`)."""
+
 import pytest
 import torch
+import yaml
+
+from helpers.training import recipe_dict, write_corpus
 
 
 def pytest_collection_modifyitems(config, items):
@@ -9,3 +14,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """A synthetic indexed corpus (byte tokens), written once per session (tests/data has its own)."""
+    return write_corpus(str(tmp_path_factory.mktemp("corpus") / "syn"))
+
+
+@pytest.fixture
+def recipe_file(tmp_path, corpus):
+    """make(**sections) -> path of the tiny recipe with `sections` merged in, training on `corpus`."""
+    def make(**sections):
+        path = tmp_path / "recipe.yaml"
+        path.write_text(yaml.safe_dump(recipe_dict(corpus, str(tmp_path / "ckpt"), **sections)))
+        return str(path)
+
+    return make

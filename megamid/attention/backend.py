@@ -1,6 +1,7 @@
 """Which core attention a model gets, and the one-line description the trainer logs.
 
-MEGAMID_ATTENTION=auto|te|megamid|megatron (read at each call):
+The choice is made once, when the model is built (megamid.model.builder.resolve_backends reads
+MEGAMID_ATTENTION=auto|te|megamid|megatron and the layer spec), and passed here as plain strings:
   auto     TE's DotProductAttention (and TE's context parallelism) where megamid builds the TE spec
            (TE importable and CUDA present), megamid's own core attention otherwise;
   te       TE; an error where the TE spec is not in use;
@@ -11,7 +12,6 @@ MEGAMID_ATTENTION=auto|te|megamid|megatron (read at each call):
 from __future__ import annotations
 
 import copy
-import os
 
 from megamid.config.base import ConfigError
 
@@ -20,32 +20,24 @@ CHOICES = ("auto", "te", "megamid", "megatron")
 CP_COMM_TYPE = {"allgather": "all_gather", "ring": "p2p"}
 
 
-def _spec_backend() -> str:
-    from megamid.model.builder import spec_backend
-
-    return spec_backend()
-
-
-def attention_backend(spec_backend: str | None = None) -> str:
-    """'te', 'megamid' or 'megatron' for a model built with `spec_backend` ('te' | 'local')."""
-    choice = os.environ.get("MEGAMID_ATTENTION", "auto").lower()
+def attention_backend(choice: str, spec_backend: str) -> str:
+    """'te', 'megamid' or 'megatron' for the MEGAMID_ATTENTION `choice` in a model built with `spec_backend`."""
+    choice = (choice or "auto").lower()
     if choice not in CHOICES:
         raise ConfigError(f"MEGAMID_ATTENTION={choice!r} is invalid: expected one of {', '.join(CHOICES)}")
-    spec = _spec_backend() if spec_backend is None else spec_backend
     if choice == "auto":
-        return "te" if spec == "te" else "megamid"
-    if choice == "te" and spec != "te":
+        return "te" if spec_backend == "te" else "megamid"
+    if choice == "te" and spec_backend != "te":
         raise ConfigError("MEGAMID_ATTENTION=te needs Transformer Engine's layer spec (TE importable with CUDA, "
                           "MEGAMID_SPEC=auto|te)")
-    if choice == "megatron" and spec != "local":
+    if choice == "megatron" and spec_backend != "local":
         raise ConfigError("MEGAMID_ATTENTION=megatron needs the local layer spec (MEGAMID_SPEC=local)")
     return choice
 
 
-def with_core_attention(layer_spec, spec_backend: str):
-    """The layer spec with its self-attention's core_attention chosen by attention_backend()."""
-    backend = attention_backend(spec_backend)
-    if backend != "megamid":
+def with_core_attention(layer_spec, attention: str):
+    """The layer spec with megamid's core attention where `attention` (a resolved backend) is 'megamid'."""
+    if attention != "megamid":
         return layer_spec
     from megamid.attention.core_attention import MegamidCoreAttention
 
@@ -61,11 +53,10 @@ def _megamid_kernels(cuda: bool, cp: int) -> str:
             else "SDPA math (CPU), per-document SDPA for packed rows")
 
 
-def describe_attention(parallel_config, spec_backend: str | None = None) -> str:
-    """One line naming the attention path and context-parallel scheme, for the start-up log."""
+def describe_attention(parallel_config, backend: str) -> str:
+    """One line naming the attention path (a resolved backend) and context-parallel scheme, for the start-up log."""
     import torch
 
-    backend = attention_backend(spec_backend)
     cp = parallel_config.context_parallel_size
     cp_part = (f"context parallel {cp} ({parallel_config.cp_comm}: "
                f"{'KV all-gather' if parallel_config.cp_comm == 'allgather' else 'ring send/recv, lse merge'}, "

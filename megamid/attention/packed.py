@@ -21,19 +21,18 @@ class DocumentPackedSeqParams(PackedSeqParams):
     document_ids: Tensor = None   # int64 [b, S]: document index of every token of the global rows
 
 
-def packed_seq_params(batch: dict, cp_size: int = 1):
+def packed_seq_params(batch: dict, cp_size: int = 1, attention: str = "megamid"):
     """DocumentPackedSeqParams for a (possibly CP-sharded) micro-batch with `cu_seqlens`, else None.
 
-    Raises under Transformer Engine attention, whose document masking needs the thd layout."""
+    `attention` is the model's resolved backend. Raises under Transformer Engine attention, whose document
+    masking needs the thd layout."""
     cu = batch.get("cu_seqlens")
     if cu is None:
         return None
-    from megamid.attention.backend import attention_backend
-
-    if attention_backend() == "te":
+    if attention == "te":
         raise NotImplementedError("packed documents (data.pack: true) with Transformer Engine attention need the "
                                   "thd layout, which megamid does not build yet: set MEGAMID_ATTENTION=megamid")
-    if attention_backend() == "megatron":
+    if attention == "megatron":
         raise NotImplementedError("megatron's DotProductAttention cannot mask documents (data.pack: true): "
                                   "unset MEGAMID_ATTENTION or set it to megamid")
     b, s_local = batch["tokens"].shape

@@ -15,7 +15,7 @@ import os
 import shutil
 
 from megamid.config import ConfigError, ModelConfig, build
-from megamid.recipe.plan import model_differences
+from megamid.config.model import model_differences
 
 
 def normalised_weights(weights, count: int) -> list:

@@ -189,16 +189,15 @@ def import_hf(hf_dir: str, out: str, tp: int = 1, pp: int = 1, dtype: str | None
     tp: the TP layout the shards are written in (one process writes every rank's slice); pp: checked and
     recorded (layers are separate chunks in every PP layout). Returns the megamid.json written."""
     from megamid.config.loader import to_dict
-    from megamid.config.parallel import ParallelConfig
-    from megamid.model.builder import validate_layout
+    from megamid.config.parallel import ParallelConfig, check_layout
 
     check_out_dir(out, overwrite)
     config = read_hf_config(hf_dir)
     model_cfg = model_config_from_hf(config)
     if dtype is not None:
         model_cfg = dataclasses.replace(model_cfg, dtype=dtype)
-    validate_layout(model_cfg, ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp),
-                    where="--tp/--pp (parallel)")
+    check_layout(model_cfg, ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp),
+                 where="parallel")
     reader = SafetensorsReader(hf_dir)
     check_hf_weights(reader, model_cfg, hf_dir)
     for note in attention_window_notes(config):

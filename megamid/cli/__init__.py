@@ -8,6 +8,8 @@ import argparse
 import importlib
 import sys
 
+from megamid.errors import MegamidError
+
 COMMANDS = {
     "train": "run or resume a recipe (torchrun for several processes)",
     "plan": "validate a recipe and print its phase table without training",
@@ -16,8 +18,8 @@ COMMANDS = {
 }
 
 
-class CommandError(Exception):
-    """Bad user input: printed as one line and the command exits with status 2."""
+class CommandError(MegamidError):
+    """Bad command-line input: printed as one line and the command exits with status 2."""
 
 
 def main(argv=None) -> int:
@@ -41,11 +43,12 @@ def main(argv=None) -> int:
     # argparse cannot intermix commands that have subcommands (`megamid data prepare ...`).
     has_subcommands = any(isinstance(a, argparse._SubParsersAction) for a in cmd_parser._actions)
     args = cmd_parser.parse_args(argv[1:]) if has_subcommands else cmd_parser.parse_intermixed_args(argv[1:])
-    from megamid.config import ConfigError  # local: keep `megamid --help` free of heavy imports
+    from megamid.platform import LaunchError  # local: keep `megamid --help` free of heavy imports
 
+    # Expected failures (bad input) become one line and exit 2; anything else is a bug and keeps its traceback.
     try:
         return int(module.run(args) or 0)
-    except (ConfigError, CommandError, FileNotFoundError) as exc:
+    except (MegamidError, LaunchError, FileNotFoundError) as exc:
         print(f"megamid {name}: error: {exc}", file=sys.stderr)
         return 2
 

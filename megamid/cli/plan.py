@@ -19,14 +19,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from megamid.config import load_recipe
-    from megamid.recipe.plan import format_table, plan_recipe
+    from megamid.recipe import format_table, load_plan
 
-    recipe = load_recipe(args.recipe, args.overrides)
     world_size = args.world_size
     if world_size is None and os.environ.get("WORLD_SIZE", "").isdigit():
         world_size = int(os.environ["WORLD_SIZE"])
-    plan = plan_recipe(recipe, world_size=world_size, check_files=not args.no_files)
+    plan = load_plan(args.recipe, args.overrides, world_size=world_size, check_files=not args.no_files)
     print(format_table(plan))
     if args.plot:
         from megamid.recipe.plot import plot_plan

@@ -1,9 +1,11 @@
 """megamid train RECIPE.yaml [key.sub=value ...]   (torchrun --nproc-per-node N ... for several processes)
 
-Runs every phase of the recipe, or resumes from CHECKPOINT_DIR/latest where a checkpoint exists.
+Plans the recipe first (every check `megamid plan` runs, at this launch's world size) and refuses to start
+on any problem; then runs every phase, or resumes from CHECKPOINT_DIR/latest where a checkpoint exists.
 Branch anneals: megamid train RECIPE --from-phase anneal --branch mix-b (own directory, same start).
 """
 
+import os
 import sys
 
 
@@ -19,15 +21,21 @@ def add_arguments(parser) -> None:
                         help="branch label: checkpoints go to CHECKPOINT_DIR/branches/LABEL (with --from-phase)")
 
 
-def run(args) -> int:
-    from megamid.config import load_recipe
+def launch_world_size() -> int:
+    """The world size torchrun announces (1 for a plain launch)."""
+    value = os.environ.get("WORLD_SIZE", "1")
+    return int(value) if value.isdigit() and int(value) > 0 else 1
 
-    recipe = load_recipe(args.recipe, args.overrides)
+
+def run(args) -> int:
+    from megamid.recipe import load_plan
+
+    plan = load_plan(args.recipe, args.overrides, world_size=launch_world_size())
     from megamid.platform import shutdown
     from megamid.train.loop import Trainer
 
     try:
-        result = Trainer(recipe, exit_after_steps=args.exit_after_steps, from_phase=args.from_phase,
+        result = Trainer(plan, exit_after_steps=args.exit_after_steps, from_phase=args.from_phase,
                          branch=args.branch).run()
     finally:
         shutdown()

@@ -2,8 +2,10 @@
 
 from typing import Any, Iterable
 
+from megamid.errors import MegamidError
 
-class ConfigError(ValueError):
+
+class ConfigError(MegamidError, ValueError):
     """An invalid configuration value. The message names the field, the value and what is valid."""
 
 

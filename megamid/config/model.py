@@ -54,17 +54,7 @@ class ModelConfig:
                 fail(f"model.{name}", value, "must be in [0, 1)")
         if not isinstance(self.rope, dict) or "type" not in self.rope:
             fail("model.rope", self.rope, "a mapping with a 'type' key, e.g. {type: default, theta: 10000}")
-        self.rope_scaling(self.rope, "model.rope")
-
-    def rope_scaling(self, rope: dict, field: str):
-        """The RopeScaling for `rope` at this model's head dim (validates; errors name `field`)."""
-        from megamid.config.base import ConfigError
-        from megamid.rope import RopeScaling
-
-        try:
-            return RopeScaling.from_dict(dict(rope), head_dim=self.head_dim)
-        except ConfigError as exc:
-            raise ConfigError(f"{field}: {exc}") from None
+        # the rope's own fields are validated by megamid.rope when the recipe is planned (config imports no rope math)
 
     @property
     def torch_dtype(self):
@@ -101,3 +91,19 @@ class ModelConfig:
         per_layer = attn + mlp + 2 * h + (2 * d if self.qk_layernorm else 0)
         emb = self.vocab_size * h
         return self.num_layers * per_layer + h + emb * (1 if self.tie_embeddings else 2)
+
+
+# Fields that decide the weights' shapes: a base or resumed checkpoint must match them (rope, dtype and
+# dropout may change between checkpoints).
+SHAPE_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "query_groups", "head_dim", "ffn_size",
+                "vocab_size", "tie_embeddings", "normalization", "activation", "add_bias_linear", "add_qkv_bias",
+                "qk_layernorm")
+
+
+def model_differences(a: ModelConfig, b: ModelConfig, names=None) -> list:
+    """[(field, a's value, b's value)] where two model configs differ (all dataclass fields by default;
+    `names` may name properties such as ffn_size, which resolve defaults)."""
+    import dataclasses
+
+    names = names or [f.name for f in dataclasses.fields(ModelConfig)]
+    return [(n, getattr(a, n), getattr(b, n)) for n in names if getattr(a, n) != getattr(b, n)]

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from typing import Optional
 
-from megamid.config.base import check_choice, check_positive, fail
+from megamid.config.base import ConfigError, check_choice, check_positive, fail
 
 
 @dataclass(frozen=True)
@@ -36,3 +36,19 @@ class ParallelConfig:
     @property
     def num_model_chunks(self) -> int:
         return self.virtual_pipeline_model_parallel_size or 1
+
+
+def check_layout(model, parallel: ParallelConfig, where: str = "parallel") -> None:
+    """Checks `model` (a ModelConfig) divides over the layout; errors name the field, the value and what is valid."""
+    tp, pp = parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size
+    for name, value, what in (("num_attention_heads", model.num_attention_heads, "heads"),
+                              ("num_query_groups", model.query_groups, "query groups"),
+                              ("vocab_size", model.vocab_size, "the vocabulary"),
+                              ("ffn_hidden_size", model.ffn_size, "the FFN size")):
+        if value % tp:
+            raise ConfigError(f"model.{name}={value} is invalid with {where}.tensor_model_parallel_size={tp}: "
+                              f"{what} must be divisible by TP")
+    stages = pp * parallel.num_model_chunks
+    if model.num_layers % stages:
+        raise ConfigError(f"model.num_layers={model.num_layers} is invalid with {where}.pipeline_model_parallel_size"
+                          f"={pp} x virtual={parallel.num_model_chunks}: layers must divide evenly into {stages} stages")

@@ -21,6 +21,7 @@ class TrainingConfig:
     seed: int = 1234
     log_interval: int = 1
     recompute: str = "none"           # none | full | selective
+    max_consecutive_skips: int = 3    # steps in a row with a non-finite loss/gradients before the run stops
 
     def __post_init__(self):
         for name in ("global_batch_size", "micro_batch_size", "seq_len", "train_steps", "log_interval"):
@@ -33,6 +34,9 @@ class TrainingConfig:
             if not 0.0 <= getattr(self, name) < 1.0:
                 fail(f"training.{name}", getattr(self, name), "must be in [0, 1)")
         check_choice("training.recompute", self.recompute, ("none", "full", "selective"))
+        if isinstance(self.max_consecutive_skips, bool) or not isinstance(self.max_consecutive_skips, int) \
+                or self.max_consecutive_skips < 0:
+            fail("training.max_consecutive_skips", self.max_consecutive_skips, "expected an integer >= 0")
         if not isinstance(self.lr, dict):
             fail("training.lr", self.lr, "a mapping, e.g. {style: cosine, peak_lr: 3e-4, warmup_steps: 10}")
 

@@ -1,14 +1,8 @@
-"""Evaluation inside the training loop: a phase's `eval:` mapping, run at its end and every `interval` steps.
+"""Evaluation inside the training loop: what a phase's `eval:` (megamid.config.EvalConfig) runs.
 
-    phases:
-      - name: ctx1024
-        eval: {tasks: [passkey, ppl], lengths: [512, 1024], samples: 2, interval: 500}
-
-Keys: tasks (default passkey, ppl), lengths (default the phase's seq_len), interval (steps; the trainer
-reads it), documents (ppl/short: .npy, .npz or an indexed prefix; default the phase's first data
-source, which the run trains on: point it at a held-out prefix for a clean number), max_batch, and
-any keyword of `megamid.eval.runner.evaluate`. Every rank evaluates (the forward is model parallel);
-rank 0 writes CKPT_DIR/eval/<phase>/step_<N>/results.{json,md} and the figures.
+The trainer calls `evaluate_model` through a callback (megamid.train.callbacks.InLoopEval) at a phase's
+end and every `interval` steps, with everything it needs as arguments. Every rank evaluates (the
+forward is model parallel); rank 0 writes OUT_DIR/<phase>/step_<N>/results.{json,md} and the figures.
 """
 
 import os
@@ -16,57 +10,7 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 from megamid.config.base import ConfigError
-
-DEFAULT_TASKS = ("passkey", "ppl")
-DEFAULT_MAX_DOCUMENTS = 16  # ppl documents per length read from an indexed prefix (the whole corpus is not)
-# key -> (what is valid, check)
-_KEYS = {
-    "tasks": ("a list of task names", lambda v: isinstance(v, list) and v and all(isinstance(t, str) for t in v)),
-    "lengths": ("a list of positive token counts", lambda v: isinstance(v, list) and v and all(_pos_int(n) for n in v)),
-    "interval": ("a positive number of steps", lambda v: _pos_int(v)),
-    "samples": ("a positive integer", lambda v: _pos_int(v)),
-    "depths": ("a list of depths in [0, 1]", lambda v: isinstance(v, list) and v and all(_number(d) and 0 <= d <= 1 for d in v)),
-    "num_candidates": ("an integer >= 2", lambda v: _pos_int(v) and v >= 2),
-    "seed": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
-    "ruler_tasks": ("a list of RULER task names", lambda v: isinstance(v, list) and all(isinstance(t, str) for t in v)),
-    "greedy": ("true or false", lambda v: isinstance(v, bool)),
-    "documents": ("a path: .npy, .npz or an indexed dataset prefix", lambda v: isinstance(v, str) and v),
-    "short_documents": ("a path: .npy, .npz or an indexed dataset prefix", lambda v: isinstance(v, str) and v),
-    "short_length": ("a positive integer", lambda v: _pos_int(v)),
-    "num_buckets": ("a positive integer", lambda v: _pos_int(v)),
-    "max_documents": ("a positive integer", lambda v: _pos_int(v)),
-    "max_batch": ("a positive integer (sequences per forward)", lambda v: _pos_int(v)),
-    "use_matplotlib": ("true, false or null", lambda v: v is None or isinstance(v, bool)),
-}
-_NOT_EVALUATE_KWARGS = ("interval", "max_batch", "documents", "short_documents", "tasks", "lengths")
-
-
-def _pos_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def check_eval_config(phase_name: str, eval_cfg) -> Dict:
-    """Validates a phase's `eval:` mapping; errors name `phases[NAME].eval.KEY`. Pure: no torch."""
-    where = f"phases[{phase_name}].eval"
-    if not isinstance(eval_cfg, dict):
-        raise ConfigError(f"{where}={eval_cfg!r} is invalid: expected a mapping with keys {', '.join(_KEYS)}")
-    for key, value in eval_cfg.items():
-        if key not in _KEYS:
-            raise ConfigError(f"{where}.{key} is not a valid key; valid: {', '.join(_KEYS)}")
-        valid, ok = _KEYS[key]
-        if not ok(value):
-            raise ConfigError(f"{where}.{key}={value!r} is invalid: expected {valid}")
-    from megamid.eval.runner import TASK_NAMES  # light: no model code
-
-    unknown = [t for t in eval_cfg.get("tasks", ()) if t not in TASK_NAMES]
-    if unknown:
-        raise ConfigError(f"{where}.tasks={eval_cfg['tasks']!r} is invalid: unknown {', '.join(unknown)}; "
-                          f"valid: {', '.join(TASK_NAMES)}")
-    return eval_cfg
+from megamid.config.eval import DEFAULT_MAX_DOCUMENTS, EvalConfig
 
 
 def _long_documents(prefix: str, lengths: Sequence[int], count: Optional[int]) -> List:
@@ -113,9 +57,12 @@ def summary(results: Dict) -> str:
     return " | ".join(parts)
 
 
-def evaluate_phase(trainer, phase, step: int) -> Dict:
-    """Evaluates the trainer's model with `phase.eval`'s settings at `step` of the phase (every rank calls
-    this); rank 0 writes the results. Appends them to `trainer.eval_results` and returns them."""
+def evaluate_model(chunks: list, tokenizer, eval_cfg: EvalConfig, phase_name: str, seq_len: int, step: int,
+                   out_dir: str, default_documents: Optional[str] = None, log=print,
+                   global_step: Optional[int] = None) -> Dict:
+    """Evaluates model `chunks` (this rank's, any layout) with `eval_cfg` at `step` of phase `phase_name`
+    (every rank calls this) and returns the results; rank 0 writes them under OUT_DIR/<phase>/step_<step>.
+    `default_documents`: the ppl/short documents when eval_cfg names none (the phase's first source)."""
     import torch
     from megatron.core import tensor_parallel
 
@@ -124,39 +71,29 @@ def evaluate_phase(trainer, phase, step: int) -> Dict:
     from megamid.model.inference import MegatronLM
     from megamid.platform import is_rank0
 
-    cfg = dict(check_eval_config(phase.name, phase.eval or {}))
-    tasks = cfg.get("tasks", list(DEFAULT_TASKS))
-    lengths = cfg.get("lengths", [phase.training.seq_len])
-    count = cfg.get("max_documents", DEFAULT_MAX_DOCUMENTS)
-    needs_docs = "ppl" in tasks or "short" in tasks
-    default_docs = phase.data["sources"][0]["prefix"] if needs_docs else None
-    documents = read_documents(cfg.get("documents", default_docs), lengths, count)
-    short_documents = read_documents(cfg.get("short_documents"), [2], count)
-    kwargs = {k: v for k, v in cfg.items() if k not in _NOT_EVALUATE_KWARGS}
-    kwargs["max_documents"] = count
-    use_matplotlib = kwargs.pop("use_matplotlib", None)
-    model = MegatronLM(trainer.chunks, max_batch=cfg.get("max_batch", 4))
+    lengths = list(eval_cfg.lengths or [seq_len])
+    count = eval_cfg.max_documents or DEFAULT_MAX_DOCUMENTS
+    documents = read_documents(eval_cfg.documents or (default_documents if eval_cfg.needs_documents else None),
+                               lengths, count)
+    short_documents = read_documents(eval_cfg.short_documents, [2], count)
+    model = MegatronLM(chunks, max_batch=eval_cfg.max_batch)
     # Evaluation must not change the training run: its forwards leave the RNG streams as they were.
     rng = (torch.get_rng_state(), tensor_parallel.get_cuda_rng_tracker().get_states(),
            torch.cuda.get_rng_state() if torch.cuda.is_available() else None)
     start = time.perf_counter()
     try:
-        results = evaluate(model, trainer.tokenizer, tasks, lengths, None, documents=documents,
-                           short_documents=short_documents, **kwargs)
+        results = evaluate(model, tokenizer, list(eval_cfg.tasks), lengths, None, documents=documents,
+                           short_documents=short_documents, **eval_cfg.evaluate_kwargs())
     except ValueError as exc:  # a length too short for a task, an unknown RULER task: the recipe's values
-        raise ConfigError(f"phases[{phase.name}].eval: {exc}") from None
+        raise ConfigError(f"phases[{phase_name}].eval: {exc}") from None
     finally:
         torch.set_rng_state(rng[0])
         tensor_parallel.get_cuda_rng_tracker().set_states(rng[1])
         if rng[2] is not None:
             torch.cuda.set_rng_state(rng[2])
-    last = trainer.history[-1] if trainer.history else {}
-    results.update(phase=phase.name, step=step, global_step=last.get("global_step"))
-    out_dir = os.path.join(trainer.recipe.checkpoint.dir, "eval", phase.name, f"step_{step}")
+    results.update(phase=phase_name, step=step, global_step=global_step)
+    step_dir = os.path.join(out_dir, phase_name, f"step_{step}")
     if is_rank0():
-        results["files"] = report.write(results, out_dir, use_matplotlib)
-    trainer.log(f"[{phase.name}] eval step {step}: {summary(results)} ({time.perf_counter() - start:.1f} s) -> {out_dir}")
-    if not hasattr(trainer, "eval_results"):
-        trainer.eval_results = []
-    trainer.eval_results.append(results)
+        results["files"] = report.write(results, step_dir, eval_cfg.use_matplotlib)
+    log(f"[{phase_name}] eval step {step}: {summary(results)} ({time.perf_counter() - start:.1f} s) -> {step_dir}")
     return results

@@ -14,6 +14,7 @@ import time
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence
 
+from megamid.config.eval import TASK_NAMES
 from megamid.eval import perplexity, report
 from megamid.eval.haystack import Sample
 from megamid.eval.protocol import LanguageModel, Tokenizer
@@ -22,7 +23,6 @@ from megamid.eval.ruler import TASKS as RULER_TASKS
 from megamid.eval.ruler import ruler_samples
 from megamid.eval.scoring import answers_match, greedy_generate, rank_candidates
 
-TASK_NAMES = ("passkey", "needle", "ruler", "ppl", "short")
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 RANK = "log-likelihood ranking of candidates"
 

@@ -1,5 +1,5 @@
 """Megatron-Core GPT models built from megamid configs."""
 
-from megamid.model.builder import build_gpt_chunks, transformer_config, unwrap, validate_layout, wrap_ddp
+from megamid.model.builder import ModelBackends, build_gpt_chunks, resolve_backends, transformer_config, unwrap, wrap_ddp
 
-__all__ = ["build_gpt_chunks", "transformer_config", "unwrap", "validate_layout", "wrap_ddp"]
+__all__ = ["ModelBackends", "build_gpt_chunks", "resolve_backends", "transformer_config", "unwrap", "wrap_ddp"]

@@ -1,18 +1,22 @@
 """Megatron-Core GPTModel from megamid's ModelConfig and ParallelConfig, through ModuleSpecs.
 
-Transformer Engine's spec where TE imports and CUDA is present, megatron's local spec otherwise
-(`MEGAMID_SPEC=te|local` overrides). One GPTModel per virtual pipeline stage; bf16/fp16 through
-Float16Module; Megatron DDP around each chunk when training.
+Which implementations a model gets is decided once, when it is built (`resolve_backends`): Transformer
+Engine's layer spec where TE imports and CUDA is present, megatron's local spec otherwise
+(`MEGAMID_SPEC=te|local` overrides), and the core attention (`MEGAMID_ATTENTION`, see megamid.attention).
+The choice is logged and recorded in every checkpoint's megamid.json. One GPTModel per virtual pipeline
+stage; bf16/fp16 through Float16Module; Megatron DDP around each chunk when training.
 """
 
 import os
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 
+from megamid.attention import attention_backend, describe_attention
 from megamid.config.base import ConfigError
 from megamid.config.model import ModelConfig
-from megamid.config.parallel import ParallelConfig
+from megamid.config.parallel import ParallelConfig, check_layout
 
 
 def te_available() -> bool:
@@ -25,31 +29,33 @@ def te_available() -> bool:
     return True
 
 
-def spec_backend() -> str:
-    choice = os.environ.get("MEGAMID_SPEC", "auto").lower()
+@dataclass(frozen=True)
+class ModelBackends:
+    """The implementations a model is built with: layer spec ('te' | 'local') and core attention
+    ('te' | 'megamid' | 'megatron')."""
+
+    spec: str
+    attention: str
+
+    def describe(self, parallel: ParallelConfig) -> str:
+        return f"layer spec: {self.spec}; {describe_attention(parallel, self.attention)}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_backends(environ=None, te: bool = None) -> ModelBackends:
+    """Reads MEGAMID_SPEC and MEGAMID_ATTENTION once (from `environ`, default os.environ); `te` is whether
+    Transformer Engine is usable here (default: importable with CUDA)."""
+    environ = os.environ if environ is None else environ
+    te = te_available() if te is None else te
+    choice = environ.get("MEGAMID_SPEC", "auto").lower()
     if choice not in ("auto", "te", "local"):
         raise ConfigError(f"MEGAMID_SPEC={choice!r} is invalid: expected auto, te or local")
-    if choice == "te" and not te_available():
+    if choice == "te" and not te:
         raise ConfigError("MEGAMID_SPEC=te but Transformer Engine is not importable with CUDA here")
-    if choice == "auto":
-        return "te" if te_available() else "local"
-    return choice
-
-
-def validate_layout(model: ModelConfig, parallel: ParallelConfig, where: str = "parallel") -> None:
-    """Checks the model divides over the layout; errors name the field, the value and what is valid."""
-    tp, pp = parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size
-    for field, value, what in (("num_attention_heads", model.num_attention_heads, "heads"),
-                               ("num_query_groups", model.query_groups, "query groups"),
-                               ("vocab_size", model.vocab_size, "the vocabulary"),
-                               ("ffn_hidden_size", model.ffn_size, "the FFN size")):
-        if value % tp:
-            raise ConfigError(f"model.{field}={value} is invalid with {where}.tensor_model_parallel_size={tp}: "
-                              f"{what} must be divisible by TP")
-    stages = pp * parallel.num_model_chunks
-    if model.num_layers % stages:
-        raise ConfigError(f"model.num_layers={model.num_layers} is invalid with {where}.pipeline_model_parallel_size"
-                          f"={pp} x virtual={parallel.num_model_chunks}: layers must divide evenly into {stages} stages")
+    spec = ("te" if te else "local") if choice == "auto" else choice
+    return ModelBackends(spec, attention_backend(environ.get("MEGAMID_ATTENTION", "auto"), spec))
 
 
 def transformer_config(model: ModelConfig, parallel: ParallelConfig, recompute: str = "none"):
@@ -112,22 +118,25 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, recompute: 
     return TransformerConfig(**kwargs)
 
 
-def layer_spec(model: ModelConfig, backend: str):
-    """megatron's layer spec for `backend`, its core attention picked by MEGAMID_ATTENTION (megamid's
-    SDPA/FlexAttention with context parallelism wherever TE's is not used; see megamid.attention)."""
+def layer_spec(model: ModelConfig, backends: ModelBackends):
+    """megatron's layer spec for `backends.spec`, with megamid's core attention (SDPA/FlexAttention with
+    context parallelism) where `backends.attention` says so (see megamid.attention)."""
     from megatron.core.models.gpt import gpt_layer_specs
 
     from megamid.attention import with_core_attention
 
-    if backend == "te":
-        return with_core_attention(
-            gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=model.qk_layernorm), backend)
-    return with_core_attention(gpt_layer_specs.get_gpt_layer_local_spec(
-        normalization=model.normalization, qk_layernorm=model.qk_layernorm), backend)
+    if backends.spec == "te":
+        spec = gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=model.qk_layernorm)
+    else:
+        spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization=model.normalization,
+                                                        qk_layernorm=model.qk_layernorm)
+    return with_core_attention(spec, backends.attention)
 
 
-def build_gpt_chunks(model: ModelConfig, parallel: ParallelConfig, recompute: str = "none") -> list:
-    """The GPTModel chunks this rank holds (one per virtual pipeline stage), unwrapped, on device.
+def build_gpt_chunks(model: ModelConfig, parallel: ParallelConfig, recompute: str = "none",
+                     backends: ModelBackends = None) -> list:
+    """The GPTModel chunks this rank holds (one per virtual pipeline stage), unwrapped, on device, built
+    with `backends` (default: resolve_backends()). Each chunk's GPTModel carries `.backends`.
 
     Megatron's parallel state must be initialised for `parallel` first."""
     from megatron.core import parallel_state
@@ -135,9 +144,10 @@ def build_gpt_chunks(model: ModelConfig, parallel: ParallelConfig, recompute: st
 
     from megamid.platform import device
 
-    validate_layout(model, parallel)
+    check_layout(model, parallel)
     config = transformer_config(model, parallel, recompute)
-    spec = layer_spec(model, spec_backend())
+    backends = resolve_backends() if backends is None else backends
+    spec = layer_spec(model, backends)
     rope = dict(model.rope)
     chunks = []
     for vp_stage in range(parallel.num_model_chunks):
@@ -158,6 +168,7 @@ def build_gpt_chunks(model: ModelConfig, parallel: ParallelConfig, recompute: st
             vp_stage=vp,
         )
         set_rope(gpt, model.rope)
+        gpt.backends = backends
         gpt.to(device())
         if model.dtype != "fp32":
             gpt = Float16Module(config, gpt)

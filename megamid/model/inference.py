@@ -182,10 +182,11 @@ def load_for_eval(ckpt_path: str, max_batch: int = 4):
     meta = ckpt.read_state(path)
     recipe = build(RecipeConfig, meta["config"])
     phase_name = meta["state"]["phase"]
-    phases = {p.name: p for p in recipe.resolved_phases()}
+    phases = {p.name: (p.rope or recipe.model.rope) for p in recipe.phase_specs()}
     if phase_name not in phases:
         raise ConfigError(f"checkpoint {path} was saved in phase {phase_name!r}, which its recipe does not "
                           f"have (phases: {', '.join(phases)})")
+    rope = meta["state"].get("rope") or phases[phase_name]   # checkpoints record their rope; older ones by phase
     from megatron.core import parallel_state as ps
 
     if not ps.model_parallel_is_initialized() or (ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size(),
@@ -194,7 +195,7 @@ def load_for_eval(ckpt_path: str, max_batch: int = 4):
     set_seed(recipe.training.seed)
     chunks = build_gpt_chunks(recipe.model, ParallelConfig())
     for chunk in chunks:
-        set_rope(chunk, phases[phase_name].rope)
+        set_rope(chunk, rope)
     ckpt.load_checkpoint(path, chunks, None, False, load_optimizer=False)
     return MegatronLM(chunks, max_batch=max_batch), load_tokenizer(recipe.tokenizer)
 

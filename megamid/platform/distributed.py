@@ -16,6 +16,10 @@ import torch.distributed as dist
 from megamid.platform.cpu_mode import enable_cpu_mode
 
 
+class LaunchError(RuntimeError):
+    """The launch does not fit the parallel layout (the CLI prints it as one line and exits 2)."""
+
+
 @dataclass(frozen=True)
 class Layout:
     """The parallel layout of one run (what Megatron's parallel state is initialised with)."""
@@ -65,9 +69,7 @@ def init_model_parallel(layout: Layout) -> None:
     model_parallel = (layout.tensor_model_parallel_size * layout.pipeline_model_parallel_size
                       * layout.context_parallel_size)
     if world % model_parallel:
-        from megamid.config.base import ConfigError
-
-        raise ConfigError(
+        raise LaunchError(
             f"parallel layout TP={layout.tensor_model_parallel_size} x PP={layout.pipeline_model_parallel_size}"
             f" x CP={layout.context_parallel_size} = {model_parallel} does not divide the world size {world}"
             f" (launch with a multiple of {model_parallel} processes)")

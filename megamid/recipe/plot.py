@@ -5,7 +5,7 @@ install it when it is missing.
 """
 
 from megamid.config import ConfigError
-from megamid.optim.schedules import LRSchedule, lr_at
+from megamid.optim.schedules import lr_at
 from megamid.recipe.plan import RecipePlan
 
 MAX_POINTS_PER_PHASE = 500
@@ -14,8 +14,8 @@ MAX_POINTS_PER_PHASE = 500
 def lr_curve(row) -> tuple:
     """(tokens from the phase start, LR) at up to MAX_POINTS_PER_PHASE steps of one phase; LR values
     that depend on the checkpoint's LR (start_lr: from_checkpoint) are NaN."""
-    phase = row.phase
-    schedule = LRSchedule.from_dict(phase.training.lr, f"phases[{phase.name}].lr")
+    phase = row
+    schedule = phase.lr
     if schedule.needs_checkpoint_lr:
         schedule = schedule.resolve(float("nan"))
     n = phase.steps

@@ -7,17 +7,10 @@ initialised on CPU from the same seed as the single process, so no base checkpoi
 differences are floating-point summation orders.
 """
 
-import importlib.util
-import os
-
 import pytest
 import torch
 
-_spec = importlib.util.spec_from_file_location(
-    "megamid_train_conftest", os.path.join(os.path.dirname(__file__), "..", "train", "conftest.py"))
-_train = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_train)
-corpus, recipe_file = _train.corpus, _train.recipe_file   # fixtures, used by name below
+from helpers import training as _train
 
 YARN = {"type": "yarn", "factor": 4, "original_max_position_embeddings": 32, "theta": 10000}
 PACK = "data.pack=true"

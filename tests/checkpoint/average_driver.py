@@ -43,13 +43,13 @@ def write_recipe(out: str) -> str:
 
 
 def train(recipe_path: str, ckpt_dir: str, *overrides) -> tuple:
-    from megamid.config import load_recipe
     from megamid.model import unwrap
+    from megamid.recipe import load_plan
     from megamid.train.loop import Trainer
 
-    recipe = load_recipe(recipe_path, ["training.train_steps=1", f"checkpoint.dir={ckpt_dir}",
-                                       "checkpoint.save_final=true", *overrides])
-    trainer = Trainer(recipe, log=lambda *a, **k: None)
+    plan = load_plan(recipe_path, ["training.train_steps=1", f"checkpoint.dir={ckpt_dir}",
+                                   "checkpoint.save_final=true", *overrides])
+    trainer = Trainer(plan, log=lambda *a, **k: None)
     out = trainer.run()
     weights = {k: v.detach().clone() for k, v in unwrap(trainer.chunks[0]).state_dict().items()
                if torch.is_tensor(v) and v.is_floating_point()}

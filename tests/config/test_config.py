@@ -5,17 +5,22 @@ import os
 
 import pytest
 
-from megamid.config import ConfigError, apply_overrides, build, load_recipe, RecipeConfig
+from megamid.config import ConfigError, RecipeConfig, apply_overrides, build, load_recipe
+from megamid.recipe import load_plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "examples", "tiny_cpu", "recipe.yaml")
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "examples", "**", "*.yaml"), recursive=True)))
-def test_every_example_recipe_loads_and_validates(path):
+def test_every_example_recipe_loads_and_plans(path):
     recipe = load_recipe(path)
-    phases = recipe.resolved_phases()
-    assert phases and all(p.steps > 0 for p in phases)
+    plan = load_plan(path, check_files=False)
+    specs = recipe.phase_specs()
+    assert [p.name for p in plan.phases] == [s.name for s in specs]
+    for phase, spec in zip(plan.phases, specs):
+        expected = spec.steps if spec.tokens is None else -(-spec.tokens // phase.tokens_per_step)
+        assert phase.steps == expected and phase.tokens >= (spec.tokens or 0)
 
 
 def test_overrides_reach_nested_fields_and_lists():
@@ -43,7 +48,7 @@ def test_overrides_reach_nested_fields_and_lists():
 ])
 def test_bad_values_are_rejected_with_the_field_named(overrides, message):
     with pytest.raises(ConfigError) as exc:
-        load_recipe(TINY, overrides)
+        load_plan(TINY, overrides, check_files=False)
     assert message in str(exc.value)
 
 
@@ -65,9 +70,9 @@ def test_phase_needs_exactly_one_budget():
 
 
 def test_tokens_budget_becomes_steps():
-    recipe = load_recipe(TINY, ["phases.0.steps=null", "phases.0.tokens=20000"])
+    plan = load_plan(TINY, ["phases.0.steps=null", "phases.0.tokens=20000"], check_files=False)
     # 8 samples x 256 tokens per step: ceil(20000 / 2048) = 10 steps
-    assert recipe.resolved_phases()[0].steps == 10
+    assert plan.phases[0].steps == 10 and plan.phases[0].budget_tokens == 20000
 
 
 def test_cli_reports_config_errors_and_exits_2(capsys):

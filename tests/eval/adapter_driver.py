@@ -40,7 +40,7 @@ def main() -> None:
     path = resolve_checkpoint(ckpt_path)
     meta = ckpt.read_state(path)
     recipe = build(RecipeConfig, meta["config"])
-    rope = {p.name: p.rope for p in recipe.resolved_phases()}[meta["state"]["phase"]]
+    rope = {p.name: p.rope or recipe.model.rope for p in recipe.phase_specs()}[meta["state"]["phase"]]
     layouts = {"tp2": ParallelConfig(tensor_model_parallel_size=2),
                "pp2_ddp": ParallelConfig(pipeline_model_parallel_size=2),
                "pp2_vpp2": ParallelConfig(pipeline_model_parallel_size=2, virtual_pipeline_model_parallel_size=2),

@@ -13,7 +13,8 @@ import yaml
 
 import tiny_run
 from megamid.config import ConfigError
-from megamid.eval.in_loop import check_eval_config, summary
+from megamid.config import EvalConfig
+from megamid.eval.in_loop import summary
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def test_eval_does_not_change_training(run_dir, tmp_path):
 ])
 def test_eval_mapping_errors_name_the_key(cfg, message):
     with pytest.raises(ConfigError) as exc:
-        check_eval_config("ctx", cfg)
+        EvalConfig.from_mapping("ctx", cfg)
     assert message in str(exc.value)
 
 
@@ -71,7 +72,11 @@ def test_eval_mapping_accepts_evaluate_keywords():
     cfg = {"tasks": ["passkey", "ppl", "ruler"], "lengths": [512, 1024], "interval": 100, "samples": 2,
            "depths": [0, 0.5, 1], "documents": "corpus/long_text_document", "max_documents": 4, "max_batch": 2,
            "num_buckets": 4, "seed": 1, "greedy": False, "ruler_tasks": ["niah_single"], "use_matplotlib": None}
-    assert check_eval_config("ctx", cfg) is cfg
+    config = EvalConfig.from_mapping("ctx", cfg)
+    assert config.to_dict() == {k: v for k, v in cfg.items() if v is not None}
+    assert config.interval == 100 and config.needs_documents and config.max_batch == 2
+    assert config.evaluate_kwargs() == {"samples": 2, "depths": (0, 0.5, 1), "seed": 1, "greedy": False,
+                                        "ruler_tasks": ("niah_single",), "num_buckets": 4, "max_documents": 4}
 
 
 def test_summary_line():

@@ -6,25 +6,18 @@ tokens, YaRN x2, eval at its end). The corpus holds documents of 400-700 byte to
 (~300 tokens with the byte tokenizer) and ppl at 320 tokens have material.
 """
 
-import importlib.util
 import os
 import subprocess
 import sys
 
 import yaml
 
+from helpers.training import TINY
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 EVAL = {"tasks": ["passkey", "ppl"], "lengths": [320], "samples": 1, "depths": [0.5], "max_documents": 2,
         "num_buckets": 4, "use_matplotlib": False}
-
-
-def _train_conftest():
-    """tests/train/conftest.py's TINY recipe, imported by path (it is not a package)."""
-    spec = importlib.util.spec_from_file_location("megamid_train_conftest", os.path.join(ROOT, "tests", "train", "conftest.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def env() -> dict:
@@ -55,7 +48,7 @@ def write_corpus(prefix: str) -> None:
 
 
 def recipe(root: str, corpus: str) -> dict:
-    data = {k: dict(v) if isinstance(v, dict) else v for k, v in _train_conftest().TINY.items()}
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in TINY.items()}
     data["data"] = {"sources": [{"name": "long", "prefix": corpus, "weight": 1.0}]}
     data["checkpoint"] = {"dir": os.path.join(root, "ckpt"), "save_interval": None, "save_final": True, "load": "none"}
     data["phases"] = [

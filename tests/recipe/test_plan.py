@@ -12,7 +12,8 @@ import pytest
 from megamid.cli import main
 from megamid.config import ConfigError, load_recipe
 from megamid.recipe import plan_recipe
-from megamid.recipe.plan import rope_limit
+from megamid.recipe.checks import describe_rope, rope_limit
+from megamid.recipe.plan import rope_scaling_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "examples", "tiny_cpu", "recipe.yaml")
@@ -118,12 +119,16 @@ def test_base_checkpoint_must_have_the_recipe_model_shape(corpus_dir):
 
 
 def test_rope_limits():
-    recipe = load_recipe(TINY)
-    assert rope_limit(recipe.model, {"type": "default", "theta": 10000}) == 256
-    assert rope_limit(recipe.model, {"type": "abf", "theta": 1e6}) is None          # ABF: no formula
-    assert rope_limit(recipe.model, {"type": "linear", "factor": 4}) == 1024
-    assert rope_limit(recipe.model, {"type": "dynamic", "factor": 2, "original_max_position_embeddings": 256}) is None
-    assert rope_limit(recipe.model, {"type": "llama3", "factor": 8, "original_max_position_embeddings": 128}) == 1024
+    model = load_recipe(TINY).model
+
+    def limit(rope):
+        return rope_limit(model, rope_scaling_for(model, rope, "rope"))
+
+    assert limit({"type": "default", "theta": 10000}) == 256
+    assert limit({"type": "abf", "theta": 1e6}) is None          # ABF: no formula
+    assert limit({"type": "linear", "factor": 4}) == 1024
+    assert limit({"type": "dynamic", "factor": 2, "original_max_position_embeddings": 256}) is None
+    assert limit({"type": "llama3", "factor": 8, "original_max_position_embeddings": 128}) == 1024
 
 
 @pytest.mark.parametrize("world", [8, 64])
@@ -133,7 +138,7 @@ def test_llama3_example_validates_at_8_and_64_gpus(world):
     assert [r.seq_len for r in plan.phases] == [8192, 32768, 131072]
     assert all(r.tokens >= spec.tokens for r, spec in zip(plan.phases, load_recipe(LLAMA).phases))
     assert plan.phases[0].lr_end < 1e-6  # the anneal decays to ~0
-    assert plan.phases[2].rope.startswith("yarn x16 of 8192")
+    assert describe_rope(plan.phases[2].rope_scaling).startswith("yarn x16 of 8192")
 
 
 def test_llama3_example_without_its_files_names_them(tmp_path, monkeypatch):

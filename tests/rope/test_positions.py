@@ -6,7 +6,7 @@ Positions of context-parallel shards (Megatron's dual-chunk layout) and of packe
 import pytest
 import torch
 
-from fake_group import FakeGroup
+from helpers.fake_group import FakeGroup
 from megamid.config import ConfigError
 from megamid.kernels.doc_positions import doc_positions_reference
 from megamid.rope import cp_shard_positions, packed_cp_shard_positions, packed_positions

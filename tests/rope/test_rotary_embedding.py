@@ -16,7 +16,7 @@ from transformers import LlamaConfig
 from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXRotaryEmbedding
 from transformers.models.llama.modeling_llama import rotate_half
 
-from fake_group import FakeGroup
+from helpers.fake_group import FakeGroup
 from megamid.config import ConfigError
 from megamid.rope import RopeScaling, cp_shard_positions, packed_positions
 from megamid.rope.rotary_embedding import (

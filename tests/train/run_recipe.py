@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from megamid.config import load_recipe
+from megamid.recipe import load_plan
 from megamid.model import unwrap
 from megamid.platform import shutdown
 from megamid.train.loop import Trainer
@@ -33,8 +33,8 @@ def main():
     results = {}
     for i, layout in enumerate(args.layout or [""]):
         extra = [kv for kv in layout.split(";") if kv]
-        recipe = load_recipe(args.recipe, args.overrides + extra)
-        trainer = Trainer(recipe, log=lambda *a, **k: None, exit_after_steps=args.exit_after_steps,
+        plan = load_plan(args.recipe, args.overrides + extra, world_size=int(os.environ.get("WORLD_SIZE", 1)))
+        trainer = Trainer(plan, log=lambda *a, **k: None, exit_after_steps=args.exit_after_steps,
                           from_phase=args.from_phase, branch=args.branch)
         out = trainer.run()
         results[layout or "default"] = [h["loss"] for h in out["history"]]

@@ -8,7 +8,7 @@ summed per token over the global batch, so the only differences are floating-poi
 
 import pytest
 
-from conftest import load_result, run
+from helpers.training import load_result, run
 
 LAYOUTS = {
     "parallel.tensor_model_parallel_size=2": 2e-6,

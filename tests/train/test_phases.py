@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from conftest import load_result, run
+from helpers.training import load_result, run
 
 PHASES = [
     {"name": "stable", "steps": 3},

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from conftest import load_result, load_weights, run
+from helpers.training import load_result, load_weights, run
 
 
 def _assert_same_weights(a, b):

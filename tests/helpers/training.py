@@ -1,9 +1,16 @@
+"""Shared test helpers for training runs: the tiny recipe, a synthetic corpus, and the driver launcher.
+
+    from helpers.training import TINY, load_result, load_weights, run, write_corpus
+
+(pytest puts tests/ on sys.path through tests/conftest.py, so `helpers` imports from any test folder.)
+"""
+
+import json
 import os
+import signal
 import subprocess
 import sys
-
-import pytest
-import yaml
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUNNER = os.path.join(ROOT, "tests", "train", "run_recipe.py")
@@ -19,30 +26,23 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="session")
-def corpus(tmp_path_factory):
-    """A synthetic indexed corpus (byte tokens), written once per session in a subprocess."""
-    prefix = str(tmp_path_factory.mktemp("corpus") / "syn")
+def write_corpus(prefix: str, num_documents: int = 400, seed: int = 0) -> str:
+    """A synthetic indexed corpus (byte tokens) at `prefix`, written in a subprocess (no megatron import here)."""
     code = ("from megamid.data.synthetic import write_synthetic_corpus;"
             "from megamid.data.tokenizer import ByteTokenizer;"
-            f"write_synthetic_corpus({prefix!r}, ByteTokenizer(), 400, 0)")
+            f"write_synthetic_corpus({prefix!r}, ByteTokenizer(), {num_documents}, {seed})")
     subprocess.run([sys.executable, "-c", code], check=True)
     return prefix
 
 
-@pytest.fixture
-def recipe_file(tmp_path, corpus):
-    def make(**sections):
-        data = {k: dict(v) if isinstance(v, dict) else v for k, v in TINY.items()}
-        for key, value in sections.items():
-            data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
-        data["data"] = {"sources": [{"name": "syn", "prefix": corpus, "weight": 1.0}]}
-        data["checkpoint"] = {**data["checkpoint"], "dir": str(tmp_path / "ckpt")}
-        path = tmp_path / "recipe.yaml"
-        path.write_text(yaml.safe_dump(data))
-        return str(path)
-
-    return make
+def recipe_dict(corpus: str, ckpt_dir: str, **sections) -> dict:
+    """TINY with `sections` merged in (mappings update, other values replace), one source, its own checkpoints."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in TINY.items()}
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    data["data"] = {"sources": [{"name": "syn", "prefix": corpus, "weight": 1.0}]}
+    data["checkpoint"] = {**data["checkpoint"], "dir": ckpt_dir}
+    return data
 
 
 def run(out, recipe, *args, nproc=1, env=None, check=True):
@@ -51,9 +51,6 @@ def run(out, recipe, *args, nproc=1, env=None, check=True):
     Each run gets its own session and output files, and the whole session is killed afterwards:
     megatron's checkpoint writer starts a multiprocessing Manager that outlives a process killed
     mid-save and would hold captured pipes open forever."""
-    import signal
-    import tempfile
-
     cmd = [sys.executable]
     if nproc > 1:
         cmd += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
@@ -77,8 +74,6 @@ def run(out, recipe, *args, nproc=1, env=None, check=True):
 
 
 def load_result(out):
-    import json
-
     with open(os.path.join(out, "result.json")) as f:
         return json.load(f)
 
