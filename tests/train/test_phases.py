@@ -15,7 +15,8 @@ PHASES = [
      "rope": {"type": "yarn", "factor": 2, "original_max_position_embeddings": 32, "theta": 10000},
      "lr": {"style": "linear", "start_lr": "from_checkpoint", "min_lr": 0.0}},
     {"name": "anneal", "steps": 2, "optimizer_state": "reset",
-     "lr": {"style": "linear", "peak_lr": 5.0e-4, "min_lr": 0.0}},
+     "lr": {"style": "linear", "peak_lr": 5.0e-4, "min_lr": 0.0},
+     "eval": {"tasks": ["ppl"], "lengths": [32], "max_documents": 1, "num_buckets": 1, "use_matplotlib": False}},
 ]
 
 
@@ -58,9 +59,14 @@ def test_kill_in_second_phase_and_resume_equals_uninterrupted(tmp_path, three_ph
     assert set(history[-1]["loss_by_source"]) == {"syn", "curated"}
     # Streams continue across phases: offsets only grow, and the final checkpoint records both.
     final = json.load(open(os.path.join(tmp_path / "straight_ckpt", "iter_0000008", "megamid.json")))["state"]
+    extend = json.load(open(os.path.join(tmp_path / "straight_ckpt", "iter_0000006", "megamid.json")))["state"]
     stable = json.load(open(os.path.join(tmp_path / "straight_ckpt", "iter_0000003", "megamid.json")))["state"]
-    assert final["data_start"]["syn"] > stable["data_consumed"]["syn"] - 1
+    assert final["data_start"] == extend["data_consumed"]
+    assert extend["data_consumed"]["syn"] > extend["data_start"]["syn"] == stable["data_consumed"]["syn"] > 0
     assert final["data_consumed"]["curated"] > 0
+    # Checkpoints record the rope they were trained with and the backends the model was built with.
+    assert extend["rope"]["type"] == "yarn" and final["rope"] == {"type": "default", "theta": 10000.0}
+    assert final["backends"] == {"spec": "local", "attention": "megamid"}
     # TensorBoard scalars are written where tensorboard is installed (the dev extra installs it).
     pytest.importorskip("tensorboard")
     events = os.listdir(tmp_path / "straight_ckpt" / "tensorboard")
@@ -74,7 +80,13 @@ def test_branch_anneal_starts_from_the_phase_boundary(tmp_path, three_phases):
     run(tmp_path / "main", recipe)
     main = load_result(tmp_path / "main")["default"]
     latest = open(os.path.join(ckpt, "latest")).read()
+    main_eval = os.path.join(ckpt, "eval", "anneal", "step_2", "results.json")
+    main_eval_written = os.stat(main_eval).st_mtime_ns
     run(tmp_path / "branch", recipe, "--from-phase", "anneal", "--branch", "b1")
     assert load_result(tmp_path / "branch")["default"] == main[-2:]
     assert open(os.path.join(ckpt, "latest")).read() == latest              # the main run is untouched
     assert os.path.isfile(os.path.join(ckpt, "branches", "b1", "latest"))
+    # The branch's in-loop eval lands under the branch; the main run's results stay as they were.
+    branch_eval = json.load(open(os.path.join(ckpt, "branches", "b1", "eval", "anneal", "step_2", "results.json")))
+    assert branch_eval["phase"] == "anneal" and branch_eval["ppl"]["by_length"]["32"]["ppl_mean"] > 1
+    assert os.stat(main_eval).st_mtime_ns == main_eval_written
