@@ -116,52 +116,7 @@ def fuse_qkv(q: Tensor, k: Tensor, v: Tensor, model_cfg: ModelConfig) -> Tensor:
     return grouped.reshape((heads + 2 * groups) * d, *rest).contiguous()
 
 
-# ---- state dicts ---------------------------------------------------------------------------------
-def megatron_to_hf(state: Mapping[str, Any], model_cfg: ModelConfig) -> dict[str, Tensor]:
-    """A GPTModel state dict (local or TE spec names, TP=1) -> HF Llama / Qwen2 names.
-
-    Tied embeddings write no lm_head.weight (as HF's save_pretrained). Unknown keys raise."""
-    check_llama_like(model_cfg)
-    state = {_local_name(k): v for k, v in state.items() if not k.endswith("_extra_state")}
-    out: dict[str, Tensor] = {"model.embed_tokens.weight": state.pop("embedding.word_embeddings.weight"),
-                              "model.norm.weight": state.pop("decoder.final_layernorm.weight")}
-    if model_cfg.tie_embeddings:
-        state.pop("output_layer.weight", None)  # PP>1 checkpoints keep a copy on the last stage
-    else:
-        out["lm_head.weight"] = state.pop("output_layer.weight")
-    for i in range(model_cfg.num_layers):
-        src = f"decoder.layers.{i}."
-        layer = {k[len(src):]: state.pop(k) for k in [k for k in state if k.startswith(src)]}
-        out.update({f"model.layers.{i}.{k}": v for k, v in megatron_layer_to_hf(layer, model_cfg).items()})
-        state.update({src + k: v for k, v in layer.items()})  # unknown: reported below
-    if state:
-        fail("state", sorted(state)[:5], "keys megatron_to_hf does not know (TP=1 Llama-style GPTModel expected)")
-    return out
-
-
-def hf_to_megatron(state: Mapping[str, Tensor], model_cfg: ModelConfig) -> dict[str, Tensor]:
-    """HF Llama / Qwen2 names -> a GPTModel state dict (local spec names, TP=1); inverse of megatron_to_hf.
-
-    With tied embeddings an lm_head.weight (HF's state_dict() has one) is dropped. Unknown keys raise."""
-    check_llama_like(model_cfg)
-    state = dict(state)
-    out: dict[str, Tensor] = {"embedding.word_embeddings.weight": state.pop("model.embed_tokens.weight")}
-    lm_head = state.pop("lm_head.weight", None)
-    if not model_cfg.tie_embeddings:
-        if lm_head is None:
-            fail("lm_head.weight", None, "required unless model.tie_embeddings is true")
-    for i in range(model_cfg.num_layers):
-        src = f"model.layers.{i}."
-        layer = {k[len(src):]: state.pop(k) for k in [k for k in state if k.startswith(src)]}
-        out.update({f"decoder.layers.{i}.{k}": v for k, v in hf_layer_to_megatron(layer, model_cfg, src).items()})
-    out["decoder.final_layernorm.weight"] = state.pop("model.norm.weight")
-    if not model_cfg.tie_embeddings:
-        out["output_layer.weight"] = lm_head
-    if state:
-        fail("state", sorted(state)[:5], "keys hf_to_megatron does not know (a Llama / Qwen2 checkpoint expected)")
-    return out
-
-
+# ---- one decoder layer ---------------------------------------------------------------------------
 def hf_layer_to_megatron(layer: dict[str, Tensor], model_cfg: ModelConfig, where: str = "",
                          only: tuple[str, ...] | None = None) -> dict[str, Tensor]:
     """One decoder layer: HF names after `model.layers.{i}.` -> megatron names after `decoder.layers.{i}.`.
@@ -188,19 +143,12 @@ def hf_layer_to_megatron(layer: dict[str, Tensor], model_cfg: ModelConfig, where
 def megatron_layer_to_hf(layer: dict[str, Tensor], model_cfg: ModelConfig) -> dict[str, Tensor]:
     """One decoder layer: megatron names after `decoder.layers.{i}.` -> HF names after `model.layers.{i}.`.
 
-    Converts the weights present; consumes `layer`, and what it leaves is reported by the caller
-    (megatron_to_hf) as unknown."""
+    Converts the weights present; consumes `layer`, and what it leaves is unknown to this model."""
     out: dict[str, Tensor] = {}
     for megatron_name, sources in layer_weight_sources(model_cfg).items():
         if megatron_name in layer:
             out.update(zip(sources, _to_hf(megatron_name, layer.pop(megatron_name), model_cfg)))
     return out
-
-
-def _local_name(key: str) -> str:
-    """TE spec keys (norms fused into the following linear) -> local spec keys."""
-    return (key.replace("self_attention.linear_qkv.layer_norm_weight", "input_layernorm.weight")
-               .replace("mlp.linear_fc1.layer_norm_weight", "pre_mlp_layernorm.weight"))
 
 
 # ---- config.json -> ModelConfig, and the weights it implies --------------------------------------
@@ -371,5 +319,5 @@ def hf_config(model_cfg: ModelConfig, rope_dict: Mapping[str, Any] | None = None
 
 
 __all__ = ["HF_ARCHITECTURES", "attention_window_notes", "check_llama_like", "fuse_qkv", "hf_config",
-           "hf_weight_shapes", "layer_weight_sources", "model_config_from_hf", "hf_layer_to_megatron", "hf_to_megatron",
-           "megatron_layer_to_hf", "megatron_to_hf", "split_qkv"]
+           "hf_weight_shapes", "layer_weight_sources", "model_config_from_hf", "hf_layer_to_megatron",
+           "megatron_layer_to_hf", "split_qkv"]

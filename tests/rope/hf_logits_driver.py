@@ -9,9 +9,12 @@ against HF built with plain RoPE (how far a wrong rope would land), and the roun
 """
 
 import json
+import os
 import sys
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: the helpers package
 
 SEQ_LENS = (48, 24)  # 48 crosses every switch point below (original lengths of 32), 24 stays short
 BASE = dict(num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2, vocab_size=128,
@@ -108,7 +111,7 @@ def max_diff(a, b):
 
 
 def run_case(name, spec, seed):
-    from megamid.checkpoint.hf_llama import hf_to_megatron, megatron_to_hf
+    from helpers.hf_state import hf_to_megatron, megatron_to_hf
     from megamid.config import ModelConfig, ParallelConfig
     from megamid.model.builder import build_gpt_chunks
 

@@ -19,7 +19,8 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
-from megamid.checkpoint.hf_llama import fuse_qkv, hf_config, hf_to_megatron, megatron_to_hf, split_qkv
+from helpers.hf_state import hf_to_megatron, megatron_to_hf
+from megamid.checkpoint.hf_llama import fuse_qkv, hf_config, split_qkv
 from megamid.config import ConfigError, ModelConfig
 from megamid.rope import RopeScaling
 
