@@ -175,8 +175,8 @@ def load_for_eval(ckpt_path: str, max_batch: int = 4):
     from megamid.data.tokenizer_files import load_tokenizer
     from megamid.model import build_gpt_chunks
     from megamid.model.builder import set_rope
+    from megamid.checkpoint import dist_state as ckpt  # model -> checkpoint: load_for_eval belongs a layer up
     from megamid.platform import Layout, init_model_parallel, set_seed
-    from megamid.train import checkpoint as ckpt
 
     path = ckpt.resolve_checkpoint(ckpt_path, "CKPT")
     meta = ckpt.read_state(path)

@@ -247,13 +247,16 @@ def _check_files(recipe: RecipeConfig, phases: list, problems: list, hints: list
 
 
 def _base_state(base: str) -> Optional[str]:
-    """Path of the megamid.json of checkpoint `base` (a checkpoint dir or one with a `latest` pointer)."""
-    latest = os.path.join(base, "latest")
-    if os.path.isfile(latest):
-        with open(latest) as f:
-            base = os.path.join(base, f.read().strip())
-    state = os.path.join(base, "megamid.json")
-    return state if os.path.isfile(state) else None
+    """Path of the megamid.json of checkpoint `base` (a checkpoint dir or one with a `latest` pointer);
+    None when it is not a checkpoint. Files are checked by size only here (no checksums): a plan reads
+    just the model config, and training verifies fully when it loads the weights."""
+    from megamid.checkpoint.checkpointer import CheckpointError, resolve, verify
+
+    try:
+        path = resolve(base, "base", verify_fn=lambda p: verify(p, checksums=False))
+    except CheckpointError:
+        return None
+    return os.path.join(path, "megamid.json")
 
 
 def _check_base(recipe: RecipeConfig, problems: list) -> None:

@@ -13,12 +13,12 @@ from functools import partial
 import torch
 import torch.distributed as dist
 
+from megamid.checkpoint import dist_state as ckpt
 from megamid.config import ConfigError, RecipeConfig, to_dict
 from megamid.config.recipe import Phase
 from megamid.optim import LRSchedule, lr_at
 from megamid.optim.builder import build_optimizer, set_lr
 from megamid.platform import Layout, device, init_model_parallel, init_process_group, is_rank0, set_seed
-from megamid.train import checkpoint as ckpt
 
 
 def _loss_func(batch: dict, num_sources: int, output_tensor: torch.Tensor):
@@ -262,7 +262,7 @@ class Trainer:
         c = self.recipe.checkpoint
         if c.load == "none":
             return None
-        path = ckpt.find_latest(self.ckpt_dir) if c.load == "auto" else c.load
+        path = ckpt.find_latest(self.ckpt_dir, c.on_corrupt) if c.load == "auto" else c.load
         if path is None and self.branch is not None:
             return self._branch_point()
         if path is None:

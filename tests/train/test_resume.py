@@ -40,7 +40,7 @@ def test_crash_between_shards_and_latest_keeps_previous_checkpoint(tmp_path, rec
     recipe = recipe_file(checkpoint={"load": "auto", "save_interval": 2, "save_final": True})
     ckpt = os.path.join(os.path.dirname(recipe), "ckpt")
     # The save at step 4 dies after writing its shards, before publishing them.
-    proc = run(tmp_path / "crash", recipe, env={"MEGAMID_FAULT_CRASH_BEFORE_PUBLISH": "4"}, check=False)
+    proc = run(tmp_path / "crash", recipe, "--crash-before-publish", "4", check=False)
     assert proc.returncode == 17, proc.stderr[-2000:]
     assert open(os.path.join(ckpt, "latest")).read().strip() == "iter_0000002"
     assert os.path.isdir(os.path.join(ckpt, "iter_0000004.partial"))
