@@ -232,14 +232,14 @@ def non_finite_weight(chunks: list) -> Optional[str]:
     """The first floating weight on any rank holding NaN or inf, as 'name (rank r)'; None when all are finite."""
     from megamid.model import unwrap
 
+    named = [(f"{name}" + (f" of chunk {i}" if len(chunks) > 1 else ""), param)
+             for i, chunk in enumerate(chunks) for name, param in unwrap(chunk).named_parameters()
+             if param.is_floating_point()]
     bad = None
-    for i, chunk in enumerate(chunks):
-        for name, param in unwrap(chunk).named_parameters():
-            if param.is_floating_point() and not bool(torch.isfinite(param).all()):
-                bad = f"{name}" + (f" of chunk {i}" if len(chunks) > 1 else "")
-                break
-        if bad:
-            break
+    if named:
+        finite = torch.stack([torch.isfinite(param).all() for _, param in named])  # one device sync, not one per weight
+        if not bool(finite.all()):
+            bad = named[int((~finite).nonzero()[0])][0]
     found = [f"{b} (rank {r})" for r, b in enumerate(_gather(bad)) if b]
     return found[0] if found else None
 

@@ -31,8 +31,8 @@ def _alive(pids: set) -> list:
     return alive
 
 
-def kill_main_mid_run(out, recipe, wait_for: str, timeout_s: float = 300.0) -> tuple:
-    """Starts a training run, SIGKILLs its main PID once `wait_for` exists, and returns (every process it had
+def kill_main_mid_run(out, recipe, ready, timeout_s: float = 300.0) -> tuple:
+    """Starts a training run, SIGKILLs its main PID once ready() is true, and returns (every process it had
     started, those still alive 5 s later)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, RUNNER, str(out), recipe], env=env, start_new_session=True,
@@ -40,11 +40,11 @@ def kill_main_mid_run(out, recipe, wait_for: str, timeout_s: float = 300.0) -> t
     seen = set()
     try:
         deadline = time.monotonic() + timeout_s
-        while not os.path.exists(wait_for):
-            assert proc.poll() is None, f"the run ended ({proc.returncode}) before {wait_for} appeared"
-            assert time.monotonic() < deadline, f"{wait_for} did not appear in {timeout_s} s"
+        while not ready():
+            assert proc.poll() is None, f"the run ended ({proc.returncode}) before the kill point"
+            assert time.monotonic() < deadline, f"no kill point in {timeout_s} s"
             seen |= _descendants(proc.pid)
-            time.sleep(0.05)
+            time.sleep(0.01)
         seen |= _descendants(proc.pid)
         os.kill(proc.pid, signal.SIGKILL)  # the main process only, not its group
         proc.wait()
@@ -62,6 +62,11 @@ def test_killing_the_main_process_leaves_no_helper_alive(tmp_path, recipe_file):
     recipe = recipe_file(training={"train_steps": 400},
                          checkpoint={"save_interval": 1, "save_final": True, "keep_last": 2, "load": "none"})
     ckpt = os.path.join(os.path.dirname(recipe), "ckpt")
-    # killed once two saves are published: mid-run, and often mid-save (one save per step)
-    seen, alive = kill_main_mid_run(tmp_path / "out", recipe, os.path.join(ckpt, "iter_0000002"))
+
+    def mid_save():  # a save in progress (its partial directory exists) after two were published
+        names = os.listdir(ckpt) if os.path.isdir(ckpt) else []
+        published = [n for n in names if n.startswith("iter_") and "." not in n]
+        return len(published) >= 2 and any(n.endswith(".partial") for n in names)
+
+    seen, alive = kill_main_mid_run(tmp_path / "out", recipe, mid_save)
     assert alive == [], f"still alive 5 s after the main process was killed: {alive} (it had started {len(seen)})"
