@@ -184,7 +184,8 @@ def _verify_legacy(path: str) -> None:
         if not os.path.isfile(file):
             raise CheckpointError(f"{file}: missing (referenced by .metadata); the checkpoint is incomplete")
         if os.path.getsize(file) < end:
-            raise CheckpointError(f"{file}: {os.path.getsize(file)} bytes, .metadata needs {end}; the file is truncated")
+            raise CheckpointError(f"{file}: {os.path.getsize(file)} bytes, .metadata needs {end}; "
+                                  "the file is truncated")
 
 
 # ---- one directory, for tools ------------------------------------------------------------------------
@@ -247,7 +248,8 @@ class Checkpointer:
     def __init__(self, directory: str, on_corrupt: str = "fail", verify_fn: Optional[Callable[[str], None]] = None,
                  warn: Callable[[str], None] = _warn):
         if on_corrupt not in ON_CORRUPT:
-            raise ConfigError(f"checkpoint.on_corrupt={on_corrupt!r} is invalid: expected one of {', '.join(ON_CORRUPT)}")
+            raise ConfigError(f"checkpoint.on_corrupt={on_corrupt!r} is invalid: expected one of "
+                              f"{', '.join(ON_CORRUPT)}")
         self.dir = directory
         self.on_corrupt = on_corrupt
         self.verify = verify_fn or verify

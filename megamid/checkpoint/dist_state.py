@@ -249,14 +249,14 @@ def save_checkpoint(ckpt_dir: str, step: int, chunks: list, optimizer, state: di
     """Saves step `step` and publishes it as `latest`. `state` is megamid's own JSON-able state.
 
     optimizer=None saves the model only; record_layout=False records a null layout and no RNG state, so a
-    load never restores RNG from it (converted and averaged checkpoints). Raises CheckpointError, publishing nothing, on non-finite weights."""
+    load never restores RNG from it (converted and averaged checkpoints). Raises CheckpointError,
+    publishing nothing, on non-finite weights."""
     from megatron.core import dist_checkpointing
 
     bad = non_finite_weight(chunks)
     if bad:
         raise CheckpointError(f"refusing to save step {step} to {ckpt_dir}: weight {bad} holds NaN or inf; "
-                              f"nothing was written and '{os.path.join(ckpt_dir, 'latest')}' still names the last "
-                              "finite checkpoint")
+                              f"nothing was written and {os.path.join(ckpt_dir, 'latest')} did not move")
     ckpt = Checkpointer(ckpt_dir)
     partial = os.path.join(ckpt_dir, iter_name(step) + ".partial")
     if is_rank0():
