@@ -224,3 +224,14 @@ def test_legacy_checkpoints_without_manifest_still_verify_what_they_can(tmp_path
 
 def test_checkpoint_error_is_a_one_line_config_error():
     assert issubclass(CheckpointError, ConfigError)
+
+
+def test_the_cli_prints_a_bad_latest_as_one_line(tmp_path, capsys):
+    from megamid.cli import main
+
+    save(Checkpointer(str(tmp_path)), 1)
+    (tmp_path / "latest").write_bytes(b"\x00\xff garbage")
+    assert main(["eval", str(tmp_path), "--tasks", "passkey", "--lengths", "320"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "latest names" in err and "fix or remove the pointer" in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1
