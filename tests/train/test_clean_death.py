@@ -9,7 +9,7 @@ import time
 import psutil
 import pytest
 
-from conftest import RUNNER
+RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run_recipe.py")
 
 
 def _descendants(pid: int) -> set:
