@@ -10,9 +10,7 @@ model-only megamid checkpoint (`OUT/latest`, `OUT/iter_0000000/` + megamid.json)
 name as `base` and that loads like any checkpoint with load_optimizer=False.
 """
 
-import json
 import os
-import shutil
 
 from megamid.config import ConfigError, ModelConfig, build
 from megamid.config.model import model_differences
@@ -62,16 +60,14 @@ def average_checkpoints(paths: list, out_dir: str, weights=None, log=print) -> s
     """Writes the weighted mean of the checkpoints at `paths` to `out_dir`; returns the checkpoint path."""
     import torch
 
+    from megamid.checkpoint import dist_state as ckpt
     from megamid.config.parallel import ParallelConfig
     from megamid.model import build_gpt_chunks
     from megamid.platform import Layout, init_model_parallel, set_seed
-    from megamid.train import checkpoint as ckpt
 
     if not paths:
         raise ConfigError("checkpoints=[] is invalid: give at least one checkpoint to average")
-    from megamid.train.checkpoint import resolve_checkpoint
-
-    paths = [resolve_checkpoint(p) for p in paths]
+    paths = [ckpt.resolve_checkpoint(p) for p in paths]
     weights = normalised_weights(weights, len(paths))
     if os.path.exists(out_dir) and os.listdir(out_dir):
         raise ConfigError(f"out={out_dir!r} is invalid: the directory exists and is not empty; choose a new one")
@@ -101,22 +97,9 @@ def average_checkpoints(paths: list, out_dir: str, weights=None, log=print) -> s
 
 
 def _save_model(ckpt_dir: str, chunks: list, state: dict, config: dict) -> str:
-    """A model-only checkpoint in save_checkpoint's layout. `layout` is null: no RNG state is saved, so
-    loading never restores one (load_checkpoint restores RNG only when the saved layout matches)."""
-    from megatron.core import dist_checkpointing
+    """A model-only checkpoint (`OUT/iter_0000000`, published as `latest`) through the training save.
+    `layout` is null: no RNG state is saved, so loading never restores one."""
+    from megamid.checkpoint import dist_state
 
-    from megamid.train import checkpoint as ckpt
-
-    final = os.path.join(ckpt_dir, ckpt.iter_name(0))
-    partial = final + ".partial"
-    if os.path.isdir(partial):
-        shutil.rmtree(partial)
-    os.makedirs(partial)
-    save_strategy, _ = ckpt._strategies()
-    dist_checkpointing.save(ckpt._model_state(chunks), partial, sharded_strategy=save_strategy)
-    with open(os.path.join(partial, ckpt.STATE_FILE), "w") as f:
-        json.dump({"step": 0, "layout": None, "state": state, "config": config}, f, indent=1)
-    os.replace(partial, final)
-    with open(os.path.join(ckpt_dir, ckpt.LATEST), "w") as f:
-        f.write(ckpt.iter_name(0) + "\n")
-    return final
+    return dist_state.save_checkpoint(ckpt_dir, 0, chunks, None, state, config, use_distributed_optimizer=False,
+                                      record_layout=False)

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import torch
 
+from megamid.checkpoint.checkpointer import begin_dir, publish_dir
 from megamid.checkpoint.dist_layout import checkpoint_key, tp_slices
 from megamid.checkpoint.hf_llama import (
     attention_window_notes,
@@ -41,7 +42,7 @@ from megamid.checkpoint.safetensors_files import CheckpointFileError, Safetensor
 from megamid.config.base import ConfigError
 from megamid.config.model import ModelConfig
 
-STATE_FILE = "megamid.json"   # as megamid.train.checkpoint writes it
+STATE_FILE = "megamid.json"   # as megamid.checkpoint.checkpointer writes it
 TOKENIZER_DIR = "hf_tokenizer"
 RECIPE_SNIPPET = "recipe_base.yaml"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -56,21 +57,6 @@ def check_out_dir(out: str, overwrite: bool) -> None:
         raise CheckpointFileError(f"--out {out}: exists and is not a directory")
     if os.path.isdir(out) and os.listdir(out) and not overwrite:
         raise CheckpointFileError(f"--out {out}: exists and is not empty; pass --overwrite to replace it")
-
-
-def _partial_dir(out: str) -> str:
-    """A fresh sibling directory to write into; published over `out` by _publish only when complete."""
-    partial = os.path.abspath(out).rstrip("/") + ".partial"
-    if os.path.isdir(partial):
-        shutil.rmtree(partial)  # left by a conversion that died
-    os.makedirs(partial)
-    return partial
-
-
-def _publish(partial: str, out: str) -> None:
-    if os.path.isdir(out):
-        shutil.rmtree(out)
-    os.replace(partial, out)
 
 
 def _init_megatron_io() -> None:
@@ -210,7 +196,7 @@ def import_hf(hf_dir: str, out: str, tp: int = 1, pp: int = 1, dtype: str | None
     target = model_cfg.torch_dtype
     tensors = {name: (shape, target) for group, _ in _layer_groups(model_cfg)
                for name, shape in _megatron_names(group, model_cfg).items()}
-    partial = _partial_dir(out)
+    partial = begin_dir(out)
     save_streaming(partial, tensors, lambda name, i: _megatron_chunk(reader, name, i, tp, model_cfg).to(target),
                    model_cfg.num_layers, tp, extra_state_objects(model_cfg.num_layers))
 
@@ -224,7 +210,7 @@ def import_hf(hf_dir: str, out: str, tp: int = 1, pp: int = 1, dtype: str | None
     with open(os.path.join(partial, STATE_FILE), "w") as f:
         json.dump(meta, f, indent=1)
     _write_recipe_snippet(os.path.join(partial, RECIPE_SNIPPET), recipe, os.path.abspath(out), hf_dir)
-    _publish(partial, out)
+    publish_dir(partial, out)  # with a manifest: a megamid checkpoint that verifies
     log(f"wrote {out}: {model_cfg.num_parameters() / 1e6:.1f}M parameters, {model_cfg.dtype}, shards laid out "
         f"for TP={tp} (loads at any TP/PP); recipe snippet {os.path.join(out, RECIPE_SNIPPET)}")
     return meta
@@ -258,12 +244,11 @@ def _write_recipe_snippet(path: str, recipe: dict, base: str, hf_dir: str) -> No
 
 # ---- megamid -> HF ---------------------------------------------------------------------------------
 def resolve_checkpoint(ckpt: str) -> str:
-    """megamid.train.checkpoint.resolve_checkpoint, reported as this tool's file error."""
-    from megamid.config.base import ConfigError
-    from megamid.train import checkpoint
+    """checkpointer.resolve (verified), reported as this tool's file error."""
+    from megamid.checkpoint.checkpointer import resolve
 
     try:
-        return checkpoint.resolve_checkpoint(ckpt, "--ckpt")
+        return resolve(ckpt, "--ckpt")
     except ConfigError as exc:
         raise CheckpointFileError(str(exc)) from None
 
@@ -302,7 +287,7 @@ def export_hf(ckpt: str, out: str, overwrite: bool = False, max_file_bytes: int 
     saved = dist_checkpointing.load_tensors_metadata(path)
     dtype = _check_saved_shapes(saved, model_cfg, path)
     pieces = _export_pieces(model_cfg)
-    partial = _partial_dir(out)
+    partial = begin_dir(out)
     writer = SafetensorsWriter(partial, [(n, dtype, tuple(t.shape)) for _, hf in pieces for n, t in hf.items()],
                                max_file_bytes)
     for group, _ in _layer_groups(model_cfg):
@@ -316,7 +301,7 @@ def export_hf(ckpt: str, out: str, overwrite: bool = False, max_file_bytes: int 
     with open(os.path.join(partial, "config.json"), "w") as f:
         json.dump(config, f, indent=1)
     tokenizer = _export_tokenizer(meta, partial, log)
-    _publish(partial, out)
+    publish_dir(partial, out, manifest=False)  # an HF folder, not a megamid checkpoint
     log(f"wrote {out}: {config['architectures'][0]}, rope {rope.get('type')}, {len(files)} safetensors file(s), "
         f"tokenizer: {tokenizer}")
     return config

@@ -49,6 +49,7 @@ class CheckpointConfig:
     load: str = "auto"                     # auto: resume from dir/latest if present; none; or a checkpoint path
     format: str = "torch_dist"
     save_final: bool = True                # save at the end of every phase
+    on_corrupt: str = "fail"               # `latest` does not verify: fail, or fall back to the previous good one
 
     def __post_init__(self):
         if self.save_interval is not None:
@@ -56,5 +57,6 @@ class CheckpointConfig:
         if self.keep_last is not None:
             check_positive("checkpoint.keep_last", self.keep_last)
         check_choice("checkpoint.format", self.format, ("torch_dist",))
+        check_choice("checkpoint.on_corrupt", self.on_corrupt, ("fail", "previous"))
         if not self.dir:
             fail("checkpoint.dir", self.dir, "a directory path")

@@ -170,13 +170,13 @@ def load_for_eval(ckpt_path: str, max_batch: int = 4):
     """(MegatronLM, tokenizer) for a checkpoint written by `megamid train` (an iter_N dir or its parent
     with `latest`). Builds the recipe's model unsharded (TP=PP=1, any saved layout reshards on load)
     with the rope of the phase the checkpoint was saved in."""
+    from megamid.checkpoint import dist_state as ckpt  # model -> checkpoint: load_for_eval belongs a layer up
     from megamid.config import RecipeConfig, build
     from megamid.config.parallel import ParallelConfig
     from megamid.data.tokenizer_files import load_tokenizer
     from megamid.model import build_gpt_chunks
     from megamid.model.builder import set_rope
     from megamid.platform import Layout, init_model_parallel, set_seed
-    from megamid.train import checkpoint as ckpt
 
     path = ckpt.resolve_checkpoint(ckpt_path, "CKPT")
     meta = ckpt.read_state(path)

@@ -2,10 +2,10 @@
 files (data, eval documents, tokenizer, base and resume checkpoints). Each appends problems that name
 the phase and field, the value and what would be valid."""
 
-import json
 import os
 from typing import Optional
 
+from megamid.checkpoint.checkpointer import CheckpointError, read_state, resolve, verify
 from megamid.config import ConfigError, ModelConfig, RecipeConfig, build
 from megamid.config.model import SHAPE_FIELDS, model_differences
 from megamid.data.mixture_plan import knot_shares
@@ -187,26 +187,14 @@ def check_files(recipe: RecipeConfig, phases: list, problems: list, hints: list)
     _check_resume(recipe, problems)
 
 
-def checkpoint_state(path: str) -> Optional[dict]:
-    """The megamid.json of checkpoint `path` (a checkpoint dir or one with a `latest` pointer), or None."""
-    latest = os.path.join(path, "latest")
-    if os.path.isfile(latest):
-        with open(latest) as f:
-            path = os.path.join(path, f.read().strip())
-    state = os.path.join(path, "megamid.json")
-    if not os.path.isfile(state):
-        return None
-    try:
-        with open(state) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {"unreadable": state}
+def checkpoint_state(path: str, field: str, on_corrupt: str = "fail") -> dict:
+    """The megamid.json of checkpoint `path` (a checkpoint dir or one with a `latest` pointer). Files are
+    checked by size only (no checksums): a plan reads just the model config, and training verifies fully
+    when it loads the weights. Raises CheckpointError naming `field` and the bad file."""
+    return read_state(resolve(path, field, on_corrupt, verify_fn=lambda p: verify(p, checksums=False)))
 
 
 def _check_shapes(recipe: RecipeConfig, field: str, path: str, meta: dict, problems: list) -> None:
-    if "unreadable" in meta:
-        problems.append(f"{field}={path!r} is invalid: {meta['unreadable']} is not readable JSON")
-        return
     saved = (meta.get("config") or {}).get("model")
     if not saved:
         return
@@ -220,11 +208,10 @@ def _check_shapes(recipe: RecipeConfig, field: str, path: str, meta: dict, probl
 
 
 def _check_base(recipe: RecipeConfig, phases: list, problems: list) -> None:
-    meta = checkpoint_state(recipe.base)
-    if meta is None:
-        problems.append(f"base={recipe.base!r} is invalid: not a megamid checkpoint (expected a directory with "
-                        "megamid.json, or one with a 'latest' pointer; convert HF weights with "
-                        "tools/convert_hf_to_megamid.py)")
+    try:
+        meta = checkpoint_state(recipe.base, "base")
+    except CheckpointError as exc:
+        problems.append(f"{exc} (convert HF weights with tools/convert_hf_to_megamid.py)")
         return
     _check_shapes(recipe, "base", recipe.base, meta, problems)
     first = phases[0] if phases and phases[0].index == 0 else None
@@ -242,10 +229,10 @@ def _check_resume(recipe: RecipeConfig, problems: list) -> None:
     path = recipe.checkpoint.dir if load == "auto" else load
     if load == "auto" and not os.path.isfile(os.path.join(path, "latest")):
         return
-    meta = checkpoint_state(path)
-    if meta is None:
-        if load != "auto":
-            problems.append(f"checkpoint.load={load!r} is invalid: not a megamid checkpoint (expected a directory "
-                            "with megamid.json, or one with a 'latest' pointer)")
+    try:
+        meta = checkpoint_state(path, "checkpoint.load" if load != "auto" else "checkpoint.dir",
+                                recipe.checkpoint.on_corrupt)
+    except CheckpointError as exc:
+        problems.append(str(exc))
         return
     _check_shapes(recipe, "resume", path, meta, problems)

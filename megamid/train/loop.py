@@ -10,11 +10,11 @@ import time
 
 import torch.distributed as dist
 
+from megamid.checkpoint import dist_state as ckpt
 from megamid.config import ConfigError, to_dict
 from megamid.errors import MegamidError
 from megamid.optim import lr_at
 from megamid.platform import init_process_group, is_rank0
-from megamid.train import checkpoint as ckpt
 from megamid.train.callbacks import InLoopEval, MonitorCallback
 from megamid.train.step import StepRunner
 
@@ -127,7 +127,7 @@ class Trainer:
         c = self.recipe.checkpoint
         if c.load == "none":
             return None
-        path = ckpt.find_latest(self.ckpt_dir) if c.load == "auto" else c.load
+        path = ckpt.find_latest(self.ckpt_dir, c.on_corrupt) if c.load == "auto" else c.load
         if path is None and self.branch is not None:
             return self._branch_point()
         if path is None:

@@ -61,7 +61,7 @@ def load(path: str, model_dict: dict) -> dict:
     from megamid.config.parallel import ParallelConfig
     from megamid.model import build_gpt_chunks, unwrap
     from megamid.platform import Layout, init_model_parallel
-    from megamid.train.checkpoint import find_latest, load_checkpoint
+    from megamid.checkpoint.dist_state import find_latest, load_checkpoint
 
     init_model_parallel(Layout())
     chunks = build_gpt_chunks(build(ModelConfig, model_dict, "model"), ParallelConfig())
@@ -85,7 +85,8 @@ def tool(*argv) -> tuple:
 
 def main():
     from megamid.checkpoint.average import average_checkpoints
-    from megamid.train.checkpoint import find_latest, read_state
+    from megamid.checkpoint.checkpointer import MANIFEST, file_entries
+    from megamid.checkpoint.dist_state import find_latest, read_state
 
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
@@ -110,6 +111,11 @@ def main():
     meta["config"]["model"]["num_layers"] = 1
     with open(os.path.join(other, "megamid.json"), "w") as f:
         json.dump(meta, f)
+    with open(os.path.join(other, MANIFEST)) as f:  # an edit the manifest knows of: the checkpoint verifies
+        manifest = json.load(f)
+    manifest["files"].update(file_entries(other, ["megamid.json"]))
+    with open(os.path.join(other, MANIFEST), "w") as f:
+        json.dump(manifest, f)
     mismatch_rc, mismatch_err = tool(p("a"), other, "--out", p("bad"))
     weighted_rc, weighted_err = tool(p("a"), p("b"), "--out", p("weighted"), "--weights", "3,1")
     weights["weighted"] = load(p("weighted"), model)

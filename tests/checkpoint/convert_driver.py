@@ -4,7 +4,7 @@ Test driver for tests/checkpoint/test_hf_conversion.py (megatron in its own proc
 process-global). WORK/cases.json lists {case: hf_dir}; WORK/tokens.pt holds the token ids.
 
 single (one process): converts each HF dir at --tp 1 and --tp 2 (import_hf), loads both into a TP=1
-GPTModel the way a recipe's `base` does (megamid.train.checkpoint.load_checkpoint, weights only), saves
+GPTModel the way a recipe's `base` does (megamid.checkpoint.dist_state.load_checkpoint, weights only), saves
 its fp32 logits, and exports the TP=2-written checkpoint back to HF (export_hf). One checkpoint is also
 given a trained phase with another rope in its megamid.json, and exported: the config.json must carry it.
 tp2 (two gloo ranks): loads both written layouts into a TP=2 GPTModel, saves the gathered logits, and
@@ -38,7 +38,7 @@ def logits_of(gpt, path, tokens, rope=None):
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
     from megamid.model.builder import set_rope
-    from megamid.train.checkpoint import load_checkpoint
+    from megamid.checkpoint.dist_state import load_checkpoint
 
     load_checkpoint(path, [gpt], None, False, load_optimizer=False)
     if rope is not None:
@@ -80,6 +80,13 @@ def single(work, cases, tokens):
     meta["config"]["phases"] = [{"name": "short", "rope": None}, {"name": "long", "rope": PHASE_ROPE}]
     with open(os.path.join(phase_ckpt, "megamid.json"), "w") as f:
         json.dump(meta, f)
+    from megamid.checkpoint.checkpointer import MANIFEST, file_entries
+
+    with open(os.path.join(phase_ckpt, MANIFEST)) as f:  # an edit the manifest knows of: the checkpoint verifies
+        manifest = json.load(f)
+    manifest["files"].update(file_entries(phase_ckpt, ["megamid.json"]))
+    with open(os.path.join(phase_ckpt, MANIFEST), "w") as f:
+        json.dump(manifest, f)
     with open(os.path.join(d, "trained", "latest"), "w") as f:
         f.write("iter_0000007\n")
     gpt = build(model_cfg_of(phase_ckpt), 1)

@@ -21,9 +21,8 @@ def main() -> None:
     from megamid.model import build_gpt_chunks, wrap_ddp
     from megamid.model.builder import set_rope
     from megamid.model.inference import MegatronLM, load_for_eval
-    from megamid.train.checkpoint import resolve_checkpoint
+    from megamid.checkpoint import dist_state as ckpt
     from megamid.platform import Layout, init_model_parallel, shutdown
-    from megamid.train import checkpoint as ckpt
 
     tokens = torch.randint(0, 256, (3, 41), generator=torch.Generator().manual_seed(0))
 
@@ -37,7 +36,7 @@ def main() -> None:
     report = {"reference": {"logprobs_vs_log_softmax": float((logp - ref["logprobs"]).abs().max()),
                             "last_vs_all": float((ref["last"] - ref["logits"][:, -5:]).abs().max())}}
 
-    path = resolve_checkpoint(ckpt_path)
+    path = ckpt.resolve_checkpoint(ckpt_path)
     meta = ckpt.read_state(path)
     recipe = build(RecipeConfig, meta["config"])
     rope = {p.name: p.rope or recipe.model.rope for p in recipe.phase_specs()}[meta["state"]["phase"]]

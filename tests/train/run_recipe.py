@@ -1,9 +1,11 @@
 """python tests/train/run_recipe.py OUT_DIR RECIPE [key=value ...] [--exit-after-steps N] [--layout k=v;k=v ...]
+                                   [--crash-before-publish STEP]
 
 Test driver (also under torchrun): trains RECIPE once per --layout (each a ';'-separated list of
 overrides applied on top of the others, in this one launch), and writes OUT_DIR/result.json (rank 0:
 losses per layout), OUT_DIR/history_<i>.json (rank 0: every step's metrics) and
-OUT_DIR/weights_<i>_rank<r>.pt (this rank's model chunks).
+OUT_DIR/weights_<i>_rank<r>.pt (this rank's model chunks). --crash-before-publish STEP: the process
+dies (exit 17) when the save of STEP has written every file, just before it would be published.
 """
 
 import argparse
@@ -27,7 +29,16 @@ def main():
     parser.add_argument("--layout", action="append", default=None)
     parser.add_argument("--from-phase")
     parser.add_argument("--branch")
+    parser.add_argument("--crash-before-publish", type=int)
     args = parser.parse_args()
+    if args.crash_before_publish is not None:
+        from megamid.checkpoint.checkpointer import Checkpointer
+
+        def crash(self, partial, step):
+            if step == args.crash_before_publish:
+                os._exit(17)
+
+        Checkpointer._before_publish = crash
     os.makedirs(args.out, exist_ok=True)
     rank = int(os.environ.get("RANK", 0))
     results = {}

@@ -40,7 +40,7 @@ def test_crash_between_shards_and_latest_keeps_previous_checkpoint(tmp_path, rec
     recipe = recipe_file(checkpoint={"load": "auto", "save_interval": 2, "save_final": True})
     ckpt = os.path.join(os.path.dirname(recipe), "ckpt")
     # The save at step 4 dies after writing its shards, before publishing them.
-    proc = run(tmp_path / "crash", recipe, env={"MEGAMID_FAULT_CRASH_BEFORE_PUBLISH": "4"}, check=False)
+    proc = run(tmp_path / "crash", recipe, "--crash-before-publish", "4", check=False)
     assert proc.returncode == 17, proc.stderr[-2000:]
     assert open(os.path.join(ckpt, "latest")).read().strip() == "iter_0000002"
     assert os.path.isdir(os.path.join(ckpt, "iter_0000004.partial"))
@@ -58,3 +58,20 @@ def test_keep_last_prunes_old_checkpoints(tmp_path, recipe_file):
     ckpt = os.path.join(os.path.dirname(recipe), "ckpt")
     run(tmp_path / "out", recipe)
     assert sorted(n for n in os.listdir(ckpt) if n.startswith("iter_")) == ["iter_0000003", "iter_0000004"]
+
+
+@pytest.mark.slow
+def test_a_corrupt_latest_fails_or_falls_back_to_the_previous_checkpoint(tmp_path, recipe_file):
+    recipe = recipe_file(checkpoint={"load": "auto", "save_interval": 2, "save_final": True})
+    ckpt = os.path.join(os.path.dirname(recipe), "ckpt")
+    run(tmp_path / "first", recipe)
+    shard = os.path.join(ckpt, "iter_0000004", "__0_0.distcp")
+    with open(shard, "r+b") as f:
+        f.truncate(100)
+    proc = run(tmp_path / "fail", recipe, check=False)
+    assert proc.returncode != 0 and f"{shard}: 100 bytes, MANIFEST.json says" in proc.stderr
+    # on_corrupt=previous: resumes from iter_2 and redoes steps 3-4 exactly
+    run(tmp_path / "previous", recipe, "checkpoint.on_corrupt=previous")
+    run(tmp_path / "straight", recipe, f"checkpoint.dir={tmp_path / 'other'}")
+    assert load_result(tmp_path / "previous")["default"] == load_result(tmp_path / "straight")["default"][2:]
+    assert open(os.path.join(ckpt, "latest")).read().strip() == "iter_0000004"
