@@ -98,7 +98,7 @@ def test_missing_files_are_listed_once_each_and_exit_2(corpus_dir, capsys):
     assert err.count("corpus/long_text_document.idx not found") == 1
     assert ("phases[ctx512].data.sources[0].prefix='corpus/long_text_document' (also phases[ctx1024].data) is "
             "invalid: corpus/long_text_document.idx not found") in err
-    assert "tokenizer='nope.model' is invalid" in err and "not a megamid checkpoint" in err
+    assert "tokenizer='nope.model' is invalid" in err and "is invalid: no such checkpoint directory" in err
 
 
 def test_base_checkpoint_must_have_the_recipe_model_shape(corpus_dir):
