@@ -1,7 +1,7 @@
 """The two interfaces evaluation needs: a causal language model that returns logits, and a tokenizer.
 
 Any object with these attributes works (typing.Protocol, no base class): the Megatron-Core adapter
-(`megamid.model.inference.load_for_eval`), tiny test models and HF wrappers alike.
+(`megamid.load(CKPT)` returns one), tiny test models and HF wrappers alike.
 """
 
 from typing import Optional, Protocol, Sequence, Union, runtime_checkable

@@ -1,4 +1,4 @@
-"""Megatron-Core model chunks as a `megamid.eval.protocol.LanguageModel`, and checkpoint loading for eval.
+"""Megatron-Core model chunks as a `megamid.eval.protocol.LanguageModel`.
 
 `MegatronLM(chunks)` runs a forward-only pass through megatron's pipeline schedule under whatever
 TP/PP(/VPP)/CP layout the chunks were built for (the trainer's own chunks, DDP-wrapped or not). The last
@@ -7,8 +7,7 @@ megatron's vocab-parallel cross entropy, which never builds [b, s, V] at all), t
 over the pipeline group (after gathering context-parallel shards back into sequence order), so every
 rank returns the same tensor. Every rank must make the same calls.
 
-`load_for_eval(CKPT)` builds the model of a `megamid train` checkpoint in a world of one process
-(or as data-parallel replicas under torchrun), with the rope its phase trained with.
+Loading a checkpoint into one is `megamid.load(CKPT)` (megamid.checkpoint.loading).
 """
 
 import contextlib
@@ -18,7 +17,6 @@ from typing import List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from megamid.config.base import ConfigError
 from megamid.platform import device
 
 
@@ -166,37 +164,4 @@ class MegatronLM:
         return out[:b]
 
 
-def load_for_eval(ckpt_path: str, max_batch: int = 4):
-    """(MegatronLM, tokenizer) for a checkpoint written by `megamid train` (an iter_N dir or its parent
-    with `latest`). Builds the recipe's model unsharded (TP=PP=1, any saved layout reshards on load)
-    with the rope of the phase the checkpoint was saved in."""
-    from megamid.config import RecipeConfig, build
-    from megamid.config.parallel import ParallelConfig
-    from megamid.data.tokenizer_files import load_tokenizer
-    from megamid.model import build_gpt_chunks
-    from megamid.model.builder import set_rope
-    from megamid.platform import Layout, init_model_parallel, set_seed
-    from megamid.train import checkpoint as ckpt
-
-    path = ckpt.resolve_checkpoint(ckpt_path, "CKPT")
-    meta = ckpt.read_state(path)
-    recipe = build(RecipeConfig, meta["config"])
-    phase_name = meta["state"]["phase"]
-    phases = {p.name: p for p in recipe.resolved_phases()}
-    if phase_name not in phases:
-        raise ConfigError(f"checkpoint {path} was saved in phase {phase_name!r}, which its recipe does not "
-                          f"have (phases: {', '.join(phases)})")
-    from megatron.core import parallel_state as ps
-
-    if not ps.model_parallel_is_initialized() or (ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size(),
-                                                  ps.get_context_parallel_world_size()) != (1, 1, 1):
-        init_model_parallel(Layout())  # a second load (a --baseline) keeps the first model's groups
-    set_seed(recipe.training.seed)
-    chunks = build_gpt_chunks(recipe.model, ParallelConfig())
-    for chunk in chunks:
-        set_rope(chunk, phases[phase_name].rope)
-    ckpt.load_checkpoint(path, chunks, None, False, load_optimizer=False)
-    return MegatronLM(chunks, max_batch=max_batch), load_tokenizer(recipe.tokenizer)
-
-
-__all__: List[str] = ["MegatronLM", "load_for_eval"]
+__all__: List[str] = ["MegatronLM"]
