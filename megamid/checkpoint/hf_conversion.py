@@ -307,17 +307,19 @@ def extended_window(model_cfg: ModelConfig, rope: dict) -> int:
 
 
 def _special_ids(record: dict) -> dict:
-    """{bos, eos, pad}: the record's, and where it has none, the tokenizer's (eod, pad)."""
+    """{bos, eos, pad}: the record's; a record without any (older checkpoints) takes its tokenizer's (eod,
+    pad). Ids outside the vocabulary are dropped (transformers refuses a pad id past the embedding)."""
     ids = dict(record["special_ids"])
-    if any(v is None for v in ids.values()):
+    if all(v is None for v in ids.values()):
         try:
             from megamid.data.tokenizer_files import load_tokenizer
 
-            fallback = special_ids_of(load_tokenizer(record["tokenizer"]))
+            ids = special_ids_of(load_tokenizer(record["tokenizer"]))
         except (OSError, ValueError, ImportError):
-            fallback = {}
-        ids = {k: v if v is not None else fallback.get(k) for k, v in ids.items()}
-    return ids
+            pass
+    vocab = record["model"]["vocab_size"]
+    inside = lambda v: all(0 <= i < vocab for i in (v if isinstance(v, list) else [v]))  # noqa: E731
+    return {k: v if v is not None and inside(v) else None for k, v in ids.items()}
 
 
 def export_config(record: dict) -> tuple[dict, dict]:

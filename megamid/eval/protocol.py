@@ -29,6 +29,10 @@ class LanguageModel(Protocol):
         are scored; an adapter may ignore it and return all positions (evaluation slices the tail)."""
         ...
 
+    # Optional, for shared-prefix candidate scoring (megamid.eval.scoring.candidate_logprobs):
+    #   masked_logits(tokens [b, s], position_ids [b, s], allowed [b, s, s] bool, lo) -> [b, s - lo, V]
+    #   takes_attention_masks: bool (False: use the plain path), max_mask_tokens: int (longest such row)
+
 
 @runtime_checkable
 class Tokenizer(Protocol):

@@ -22,7 +22,7 @@ from megamid.platform import device
 
 def _forward_step(data_iterator, model):
     batch = next(data_iterator)
-    output = model(batch["tokens"], batch["position_ids"], None, labels=batch.get("labels"))
+    output = model(batch["tokens"], batch["position_ids"], batch.get("attention_mask"), labels=batch.get("labels"))
     return output, partial(_last_stage_output, batch["keep"])
 
 
@@ -55,15 +55,18 @@ def _gather_context_parallel(local: torch.Tensor, seq_len: int) -> torch.Tensor:
 class MegatronLM:
     """LanguageModel over megatron GPTModel chunks (this rank's virtual stages, in order).
 
-    max_batch: sequences per forward; positions are 0..s-1 (megamid's models take RoPE from position_ids)."""
+    max_batch: sequences per forward (and candidates per shared-prefix row); positions are 0..s-1 unless
+    given (megamid's models take RoPE from position_ids). max_mask_tokens: the longest row masked_logits
+    is used for by shared-prefix scoring (its [L, L] bool mask costs L^2 bytes)."""
 
-    def __init__(self, chunks: list, max_batch: int = 4):
+    def __init__(self, chunks: list, max_batch: int = 4, max_mask_tokens: int = 16384):
         from megamid.model import unwrap
 
         if max_batch < 1:
             raise ValueError(f"max_batch={max_batch} is invalid: must be >= 1")
         self.chunks = list(chunks)
         self.max_batch = int(max_batch)
+        self.max_mask_tokens = int(max_mask_tokens)
         self.device = device()
         gpt = unwrap(self.chunks[-1])
         self.config = gpt.config
@@ -83,6 +86,30 @@ class MegatronLM:
         labels[:, :-1] = tokens[:, 1:]  # the last position predicts nothing scored
         return -self._run(tokens, (0, s - 1, False), labels=labels, width=None)
 
+    @property
+    def takes_attention_masks(self) -> bool:
+        """Whether masked_logits works here: megamid's core attention (not TE's), no context or sequence
+        parallelism (their shards assume a causal sequence), no sliding window."""
+        from megatron.core import parallel_state as ps
+
+        from megamid.attention.core_attention import MegamidCoreAttention
+
+        attention = [m for c in self.chunks for m in c.modules() if hasattr(m, "core_attention")]
+        return (ps.get_context_parallel_world_size() == 1 and not self.config.sequence_parallel
+                and getattr(self.config, "window_size", None) is None
+                and all(isinstance(m.core_attention, MegamidCoreAttention) for m in attention))
+
+    def masked_logits(self, tokens: torch.LongTensor, position_ids: torch.LongTensor, allowed: torch.Tensor,
+                      lo: int) -> torch.Tensor:
+        """Logits of positions lo..s-1 of [b, s] tokens with their own RoPE positions and a [b, s, s] bool
+        mask (True = query may attend to key): [b, s - lo, V] float, identical on every rank. What
+        shared-prefix scoring runs (megamid.eval.scoring): a prompt once, then candidates that each see
+        the prompt and their own earlier tokens."""
+        s = tokens.shape[1]
+        masked_out = ~allowed.bool().unsqueeze(1)  # megatron's convention: True = masked out
+        return self._run(tokens, (lo, s, True), labels=None, width=self.vocab_size,
+                         position_ids=position_ids, attention_mask=masked_out)
+
     # ---- forward ------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _eval_mode(self):
@@ -96,7 +123,8 @@ class MegatronLM:
             for c, mode in zip(self.chunks, modes):
                 c.train(mode)
 
-    def _run(self, tokens: torch.LongTensor, keep: Tuple[int, int, bool], labels, width: Optional[int]) -> torch.Tensor:
+    def _run(self, tokens: torch.LongTensor, keep: Tuple[int, int, bool], labels, width: Optional[int],
+             position_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         from megatron.core import parallel_state as ps
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -123,12 +151,23 @@ class MegatronLM:
             if labels is not None:
                 labels = torch.nn.functional.pad(labels.to(self.device), (0, pad_to - s), value=0)
                 labels = torch.cat([labels, labels[-1:].expand(rows - b, -1)])
-        position_ids = torch.arange(pad_to, device=self.device).unsqueeze(0).expand(micro, -1)
+        if attention_mask is not None:
+            # an explicit mask (masked_logits) is never padded: takes_attention_masks excludes SP and CP
+            assert pad_to == s, (pad_to, s)
+            attention_mask = attention_mask.to(self.device)
+            position_ids = position_ids.to(self.device)
+            attention_mask = torch.cat([attention_mask, attention_mask[-1:].expand(rows - b, -1, -1, -1)])
+            position_ids = torch.cat([position_ids, position_ids[-1:].expand(rows - b, -1)])
+        else:
+            position_ids = torch.arange(pad_to, device=self.device).unsqueeze(0).expand(rows, -1)
         # Under CP each rank keeps all of its shard; the positions asked for are cut after the CP gather.
         stage_keep = keep if cp == 1 else (0, pad_to // cp, keep[2])
         batches = []
         for m in range(num_micro):
-            batch = {"tokens": tokens[m * micro : (m + 1) * micro], "position_ids": position_ids}
+            batch = {"tokens": tokens[m * micro : (m + 1) * micro],
+                     "position_ids": position_ids[m * micro : (m + 1) * micro]}
+            if attention_mask is not None:
+                batch["attention_mask"] = attention_mask[m * micro : (m + 1) * micro]
             if labels is not None:
                 batch["labels"] = labels[m * micro : (m + 1) * micro].to(self.device)
             if cp > 1:

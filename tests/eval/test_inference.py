@@ -36,6 +36,17 @@ def test_megamid_eval_on_a_trained_checkpoint(run_dir, tmp_path):
     assert (out / "results.md").exists() and (out / "passkey_heatmap.png").exists()
 
 
+def test_shared_prefix_scores_equal_one_row_per_candidate(run_dir, tmp_path):
+    out = tmp_path / "scores.json"
+    cmd = [sys.executable, os.path.join(tiny_run.HERE, "scoring_driver.py"), run_dir["ckpt"], str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=tiny_run.env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r = json.loads(out.read_text())
+    assert r["takes_masks"] and r["masked_calls"] >= 2 * r["samples"]  # 4 candidates in groups of max_batch=3
+    assert len(r["candidate_lengths"]) > 1  # candidates of several token lengths
+    assert r["max_diff"] < 1e-4 and r["rankings_agree"]
+
+
 def test_megamid_eval_rejects_a_directory_that_is_not_a_checkpoint(tmp_path, capsys):
     assert main(["eval", str(tmp_path), "--tasks", "passkey", "--lengths", "320"]) == 2
     assert "is not a megamid checkpoint" in capsys.readouterr().err
