@@ -1,7 +1,7 @@
 """python tests/eval/scoring_driver.py CKPT OUT.json
 
 Test driver for tests/eval/test_inference.py: loads CKPT with megamid.load (one process) and scores
-passkey, needle and RULER samples (candidates of several token lengths) both ways: shared-prefix
+passkey, needle and RULER samples, and candidates of several token lengths, both ways: shared-prefix
 (candidate_logprobs through MegatronLM.masked_logits) and one row per candidate (candidate_logprobs_rows).
 Writes the largest |difference|, whether the rankings agree, and how many masked forwards ran.
 """
@@ -12,6 +12,7 @@ import sys
 
 def main(ckpt: str, out: str) -> None:
     import megamid
+    from megamid.eval.haystack import Sample
     from megamid.eval.retrieval import needle_samples, passkey_samples
     from megamid.eval.ruler import ruler_samples
     from megamid.eval.scoring import candidate_logprobs, candidate_logprobs_rows
@@ -27,7 +28,10 @@ def main(ckpt: str, out: str) -> None:
 
     model.masked_logits = counted
     samples = (passkey_samples(tokenizer, [320], [0.0, 1.0], 1, 4, 0) + needle_samples(tokenizer, [320], [0.5], 1, 4, 1)
-               + ruler_samples(tokenizer, ["niah_single", "variable_tracking"], [320], 1, 4, 2))
+               + ruler_samples(tokenizer, ["niah_single"], [512], 1, 4, 2))
+    # and candidates of several token lengths after one prompt
+    first = samples[0]
+    samples.append(Sample("mixed", first.length, 0.0, first.prompt, [" 7", " 42", " answer", " a longer one"], 0))
     diff, agree, lengths = 0.0, True, set()
     for s in samples:
         cands = [tokenizer.encode(c) for c in s.candidates]
