@@ -264,7 +264,15 @@ def _check_base(recipe: RecipeConfig, problems: list) -> None:
                         "tools/convert_hf_to_megamid.py)")
         return
     with open(state) as f:
-        saved = (json.load(f).get("config") or {}).get("model")
+        meta = json.load(f)
+    first = recipe.resolved_phases()[0]
+    if LRSchedule.from_dict(first.training.lr, f"{_where(recipe, first)}.lr").needs_checkpoint_lr:
+        from megamid.checkpoint.record import first_phase_lr_problem
+
+        problem = first_phase_lr_problem(first.name, recipe.base, meta)
+        if problem:
+            problems.append(problem)
+    saved = (meta.get("config") or {}).get("model")
     if not saved:
         return
     from megamid.config import build
@@ -321,6 +329,10 @@ def plan_recipe(recipe: RecipeConfig, world_size: Optional[int] = None, check_fi
         dp = _check_layout(recipe, phase, world_size, problems)
         _check_rope(where, recipe, phase, problems)
         _check_budget(recipe, phase, spec, problems)
+        if phase.index == 0 and not recipe.base and LRSchedule.from_dict(phase.training.lr, where).needs_checkpoint_lr:
+            from megamid.checkpoint.record import first_phase_lr_problem
+
+            problems.append(first_phase_lr_problem(phase.name, None, None))
         if phase.eval is not None:
             from megamid.eval.in_loop import check_eval_config  # pure: no torch
 

@@ -312,8 +312,12 @@ class Trainer:
             self.log(f"resumed from {resume[0]} (phase {phase.name}, step {start_step})")
         elif previous is None and start_step == 0 and self.recipe.base:
             base = ckpt.resolve_checkpoint(self.recipe.base, "base")
-            ckpt.load_checkpoint(base, self.chunks, self.optimizer, phase.parallel.use_distributed_optimizer,
-                                 load_optimizer=False)
+            meta = ckpt.load_checkpoint(base, self.chunks, self.optimizer, phase.parallel.use_distributed_optimizer,
+                                        load_optimizer=False)
+            from megamid.checkpoint.record import checkpoint_lr
+
+            # start_lr: from_checkpoint on the first phase resolves to the base's last LR (plan checks it has one)
+            self.phase_start_lr = checkpoint_lr(meta)
             self.log(f"initialised weights from base checkpoint {base}")
         self._apply_rope(phase)
         self._set_rope_length(phase)
