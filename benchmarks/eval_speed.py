@@ -58,7 +58,7 @@ def main(argv=None) -> None:
     tokenizer = ByteTokenizer()
     print(f"model: {cfg.num_parameters() / 1e6:.0f}M parameters, {cfg.num_layers} layers, hidden {cfg.hidden_size}; "
           f"device {model.device}; {args.candidates} candidates, max_batch {args.max_batch}")
-    warm = passkey_samples(tokenizer, [256], [0.5], 1, args.candidates, seed=99)
+    warm = passkey_samples(tokenizer, [320], [0.5], 1, args.candidates, seed=99)
     timed(lambda p, c: candidate_logprobs(model, p, c), warm, tokenizer)
     timed(lambda p, c: candidate_logprobs_rows(model, p, c), warm, tokenizer)
     rows = []
