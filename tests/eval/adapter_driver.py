@@ -29,9 +29,15 @@ def main() -> None:
 
     tokens = torch.randint(0, 256, (3, 41), generator=torch.Generator().manual_seed(0))
 
+    from megamid.eval.scoring import candidate_logprobs
+
+    candidates = [[5], [6, 7], [8, 9, 10], [11, 12]]
+
     def outputs(model):
+        # candidate scores: shared-prefix rows where the layout takes masks (TP, PP), one row each under CP
         return {"logits": model.logits(tokens), "last": model.logits(tokens, last_n=5),
-                "logprobs": model.token_logprobs(tokens)}
+                "logprobs": model.token_logprobs(tokens),
+                "scores": torch.tensor(candidate_logprobs(model, tokens[0, :30].tolist(), candidates))}
 
     model, _ = megamid.load(ckpt_path, max_batch=3)
     ref = outputs(model)

@@ -66,7 +66,7 @@ def test_adapter_is_layout_independent(run_dir, tmp_path):
     for rep in reports:
         assert rep["reference"]["logprobs_vs_log_softmax"] < 1e-5 and rep["reference"]["last_vs_all"] == 0
         for layout in LAYOUTS:
-            assert max(rep[layout][k] for k in ("logits", "last", "logprobs")) < 1e-5, (layout, rep[layout])
+            assert max(rep[layout][k] for k in ("logits", "last", "logprobs", "scores")) < 1e-5, (layout, rep[layout])
             assert rep[layout]["train_mode_restored"], layout
     for layout in LAYOUTS:
         assert reports[0][layout]["checksum"] == reports[1][layout]["checksum"], layout
