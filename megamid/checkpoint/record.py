@@ -143,11 +143,7 @@ def load_record(path: str, _depth: int = 0) -> dict:
     if record["record_version"] or _depth > 4:
         return record
     prov = record["provenance"]
-    origin = None
-    if prov["kind"] == "average" and prov["sources"]:
-        origin = prov["sources"][0]
-    elif prov["kind"] in ("train", "branch") and prov["sources"]:
-        origin = prov["sources"][0]
+    origin = prov["sources"][0] if prov["kind"] != "hf-import" and prov["sources"] else None  # base / first input
     if origin and os.path.isdir(origin):
         try:
             parent = load_record(resolve_checkpoint(origin), _depth + 1)
