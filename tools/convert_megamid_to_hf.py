@@ -1,13 +1,15 @@
 """python tools/convert_megamid_to_hf.py --ckpt CKPT --out DIR [--max-file-gb 5] [--overwrite]
 
-A megamid checkpoint saved at any TP/PP (a checkpoint directory with megamid.json, or a run's checkpoint
-dir whose `latest` names one) -> a transformers directory: safetensors weights (streamed one layer at a
-time, loaded resharded to TP=1), config.json (LlamaForCausalLM; Qwen2ForCausalLM for q/k/v-only biases,
-Qwen3ForCausalLM for q/k layernorms)
-with the rope of the phase the checkpoint was saved in (config.phases[state.phase].rope, else
-config.model.rope), and the recipe's tokenizer: a tokenizer.json is copied (with the tokenizer_config.json
-and special_tokens_map.json beside it); a sentencepiece .model is copied as tokenizer.model; megamid's
-`byte` tokenizer has no HF file, so none is written (ids 0-255 are bytes, 256 pad, 257 eod).
+Any megamid checkpoint (a converted base, a training or branch step, a soup) saved at any TP/PP (a
+checkpoint directory with megamid.json, or a run's checkpoint dir whose `latest` names one) -> a
+transformers directory: safetensors weights (streamed one layer at a time, loaded resharded to TP=1),
+config.json (LlamaForCausalLM; MistralForCausalLM for a sliding window; Qwen2ForCausalLM for q/k/v-only
+biases, Qwen3ForCausalLM for q/k layernorms) from the checkpoint's record (megamid.checkpoint.record): the
+rope it trained with (rope_parameters and the legacy rope_scaling), max_position_embeddings at the
+extended window, bos/eos/pad ids, also in generation_config.json; and its tokenizer: a tokenizer.json is
+copied (with the tokenizer_config.json and special_tokens_map.json beside it); a sentencepiece .model is
+copied as tokenizer.model; megamid's `byte` tokenizer has no HF file, so none is written (ids 0-255 are
+bytes, 256 pad, 257 eod).
 Exit status 1 with a message naming the file, tensor or field on any error.
 """
 

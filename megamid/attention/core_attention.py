@@ -31,6 +31,25 @@ CP_COMM_TYPES = {None: "allgather", "all_gather": "allgather", "allgather": "all
                  "ring": "ring"}
 
 
+_LAST_PREFIX: list = [None, 0]  # (weakref to the mask, its causal prefix): every layer of a forward gets one mask
+
+
+def causal_prefix(attention_mask: torch.Tensor) -> int:
+    """How many leading query rows of megatron's [b, 1 or h, s, s] mask (True = masked out) are plain
+    causal (row i sees keys 0..i and nothing else) in every batch row and head."""
+    import weakref
+
+    ref, cached = _LAST_PREFIX
+    if ref is not None and ref() is attention_mask:
+        return cached
+    s = attention_mask.shape[-1]
+    future = torch.ones(s, s, dtype=torch.bool, device=attention_mask.device).triu(1)
+    rows_ok = (attention_mask.bool() == future).flatten(0, -3).all(dim=(0, 2))  # [s]: row i is causal everywhere
+    prefix = s if bool(rows_ok.all()) else int(rows_ok.to(torch.int8).argmin())
+    _LAST_PREFIX[:] = [weakref.ref(attention_mask), prefix]
+    return prefix
+
+
 class MegamidCoreAttention(MegatronModule):
     """Core attention (softmax(q k^T / sqrt(d)) v) for megatron's SelfAttention without Transformer Engine."""
 
@@ -108,7 +127,17 @@ class MegamidCoreAttention(MegatronModule):
                 raise NotImplementedError("pass either packed_seq_params or an attention_mask, not both")
             if window is not None:
                 raise NotImplementedError("an explicit attention_mask with a sliding window is not supported")
-            return causal_sdpa(q, k, v, self.softmax_scale, dropout, attn_mask=~attention_mask.bool())
+            prefix = causal_prefix(attention_mask) if q.shape[2] == k.shape[2] else 0
+            if prefix == 0:
+                return causal_sdpa(q, k, v, self.softmax_scale, dropout, attn_mask=~attention_mask.bool())
+            # a shared prompt (megamid.eval.scoring): its rows are plain causal, the fast kernel's case; only
+            # the rows after it need the mask (over all keys)
+            head = causal_sdpa(q[:, :, :prefix], k[:, :, :prefix], v[:, :, :prefix], self.softmax_scale, dropout)
+            if prefix == q.shape[2]:
+                return head
+            tail = causal_sdpa(q[:, :, prefix:], k, v, self.softmax_scale, dropout,
+                               attn_mask=~attention_mask[..., prefix:, :].bool())
+            return torch.cat([head, tail], dim=2)
         if mask_type not in (AttnMaskType.causal, AttnMaskType.no_mask, AttnMaskType.padding):
             raise NotImplementedError(f"attn_mask_type={mask_type} is not supported by megamid attention")
         if mask_type != AttnMaskType.causal:

@@ -3,17 +3,22 @@
     average_checkpoints(["runs/a/ckpt", "runs/b/ckpt"], "runs/soup", weights=[0.5, 0.5])
 
 Inputs may be saved at any TP/PP/VPP/DP: each is loaded into one TP=1/PP=1 model built from its
-saved recipe config (dist_checkpointing reshards), so this runs in a single process, which must not
-have set up another parallel state. The mean is kept in fp32, one checkpoint in memory at a time
-(a running weighted mean: averaging identical checkpoints returns them bit for bit). The output is a
-model-only megamid checkpoint (`OUT/latest`, `OUT/iter_0000000/` + megamid.json) that a recipe can
-name as `base` and that loads like any checkpoint with load_optimizer=False.
+record (megamid.checkpoint.record; dist_checkpointing reshards), so this runs in a single process, which
+must not have set up another parallel state. Inputs must be the same model (shapes) trained with the same
+rope; the error names both checkpoints and values. The mean is kept in fp32, one checkpoint in memory at
+a time (a running weighted mean: averaging identical checkpoints returns them bit for bit). The output is
+a model-only megamid checkpoint (`OUT/latest`, `OUT/iter_0000000/` + megamid.json) whose record keeps
+the inputs' model, rope, tokenizer and special ids (provenance: average, sources, weights): a recipe can
+name it as `base`, `megamid eval` and the exporter read it like any checkpoint.
 """
 
 import os
 
+from megamid.checkpoint.checkpointer import resolve as resolve_checkpoint
+from megamid.checkpoint.record import checkpoint_record, load_record
 from megamid.config import ConfigError, ModelConfig, build
 from megamid.config.model import model_differences
+from megamid.rope import model_rope_scaling
 
 
 def normalised_weights(weights, count: int) -> list:
@@ -29,22 +34,28 @@ def normalised_weights(weights, count: int) -> list:
     return [w / total for w in weights]
 
 
-def common_model(paths: list, metas: list) -> ModelConfig:
-    """The model config every checkpoint was saved with; ConfigError naming the first differing field."""
-    models = []
-    for path, meta in zip(paths, metas):
-        saved = (meta.get("config") or {}).get("model")
-        if not saved:
-            raise ConfigError(f"checkpoint {path!r} has no model config in its megamid.json (config.model)")
-        models.append(build(ModelConfig, saved, "model"))
+def common_model(paths: list, records: list) -> ModelConfig:
+    """The model every checkpoint holds; ConfigError naming the first differing field and both values."""
+    models = [build(ModelConfig, record["model"], "model") for record in records]
     for path, model in zip(paths[1:], models[1:]):
-        diff = model_differences(models[0], model)
+        diff = [d for d in model_differences(models[0], model) if d[0] != "rope"]   # ropes: common_rope
         if diff:
             name, a, b = diff[0]
             more = f" (and {', '.join('model.' + d[0] for d in diff[1:])})" if len(diff) > 1 else ""
             raise ConfigError(f"model.{name}={b!r} in {path!r} differs from model.{name}={a!r} in {paths[0]!r}"
                               f"{more}: only checkpoints of the same model can be averaged")
     return models[0]
+
+
+def common_rope(paths: list, records: list, model: ModelConfig) -> dict:
+    """The rope every checkpoint was trained with (compared resolved: `pi` equals `linear`)."""
+    ropes = [model_rope_scaling(model, record["rope"], f"{path}: rope") for path, record in zip(paths, records)]
+    for path, record, rope in zip(paths[1:], records[1:], ropes[1:]):
+        if rope != ropes[0]:
+            raise ConfigError(f"rope={record['rope']!r} in {path!r} differs from rope={records[0]['rope']!r} in "
+                              f"{paths[0]!r}: checkpoints trained with different ropes do not average into a "
+                              "model that works with either")
+    return dict(records[0]["rope"])
 
 
 def _float_state(chunks: list) -> dict:
@@ -60,26 +71,27 @@ def average_checkpoints(paths: list, out_dir: str, weights=None, log=print) -> s
     """Writes the weighted mean of the checkpoints at `paths` to `out_dir`; returns the checkpoint path."""
     import torch
 
-    from megamid.checkpoint import dist_state as ckpt
+    from megamid.checkpoint.loading import load_model_weights
     from megamid.config.parallel import ParallelConfig
     from megamid.model import build_gpt_chunks
     from megamid.platform import Layout, init_model_parallel, set_seed
 
     if not paths:
         raise ConfigError("checkpoints=[] is invalid: give at least one checkpoint to average")
-    paths = [ckpt.resolve_checkpoint(p) for p in paths]
+    paths = [resolve_checkpoint(p) for p in paths]
     weights = normalised_weights(weights, len(paths))
     if os.path.exists(out_dir) and os.listdir(out_dir):
         raise ConfigError(f"out={out_dir!r} is invalid: the directory exists and is not empty; choose a new one")
-    metas = [ckpt.read_state(p) for p in paths]
-    model = common_model(paths, metas)
+    records = [load_record(p) for p in paths]
+    model = common_model(paths, records)
+    rope = common_rope(paths, records, model)
 
     init_model_parallel(Layout())
     set_seed(0)
     chunks = build_gpt_chunks(model, ParallelConfig())
     mean, total = None, 0.0
     for path, weight in zip(paths, weights):
-        ckpt.load_checkpoint(path, chunks, None, use_distributed_optimizer=False, load_optimizer=False)
+        load_model_weights(path, chunks)
         state = _float_state(chunks)
         if mean is None:
             mean = {k: v.detach().to(torch.float32, copy=True) for k, v in state.items()}
@@ -93,13 +105,19 @@ def average_checkpoints(paths: list, out_dir: str, weights=None, log=print) -> s
         for k, v in _float_state(chunks).items():
             v.copy_(mean[k])
     del mean
-    return _save_model(out_dir, chunks, {"averaged_from": paths, "weights": weights}, metas[0]["config"])
+    first = records[0]
+    record = checkpoint_record(model, first["tokenizer"], first["special_ids"], rope,
+                               {"kind": "average", "sources": paths, "weights": weights}, first.get("generation"))
+    meta = {"step": 0, "layout": None, "state": {"averaged_from": paths, "weights": weights},
+            "config": {"model": record["model"], "tokenizer": record["tokenizer"]}, **record}
+    return _save_model(out_dir, chunks, meta)
 
 
-def _save_model(ckpt_dir: str, chunks: list, state: dict, config: dict) -> str:
+def _save_model(ckpt_dir: str, chunks: list, meta: dict) -> str:
     """A model-only checkpoint (`OUT/iter_0000000`, published as `latest`) through the training save.
     `layout` is null: no RNG state is saved, so loading never restores one."""
     from megamid.checkpoint import dist_state
 
-    return dist_state.save_checkpoint(ckpt_dir, 0, chunks, None, state, config, use_distributed_optimizer=False,
-                                      record_layout=False)
+    record = {k: v for k, v in meta.items() if k not in ("step", "layout", "state", "config")}
+    return dist_state.save_checkpoint(ckpt_dir, 0, chunks, None, meta["state"], meta["config"],
+                                      use_distributed_optimizer=False, record_layout=False, record=record)

@@ -245,8 +245,10 @@ def non_finite_weight(chunks: list) -> Optional[str]:
 
 
 def save_checkpoint(ckpt_dir: str, step: int, chunks: list, optimizer, state: dict, config: dict,
-                    use_distributed_optimizer: bool, keep_last=None, record_layout: bool = True) -> str:
-    """Saves step `step` and publishes it as `latest`. `state` is megamid's own JSON-able state.
+                    use_distributed_optimizer: bool, keep_last=None, record_layout: bool = True,
+                    record: dict = None) -> str:
+    """Saves step `step` and publishes it as `latest`. `state` is megamid's own JSON-able state; `record`
+    (megamid.checkpoint.record.checkpoint_record) goes to megamid.json's top level.
 
     optimizer=None saves the model only; record_layout=False records a null layout and no RNG state, so a
     load never restores RNG from it (converted and averaged checkpoints). Raises CheckpointError,
@@ -279,7 +281,8 @@ def save_checkpoint(ckpt_dir: str, step: int, chunks: list, optimizer, state: di
         entries.update(part)
     final = os.path.join(ckpt_dir, iter_name(step))
     if is_rank0():
-        ckpt.publish(partial, step, {"step": step, "layout": layout, "state": state, "config": config}, entries)
+        meta = {"step": step, "layout": layout, "state": state, "config": config, **(record or {})}
+        ckpt.publish(partial, step, meta, entries)
         if keep_last:
             ckpt.prune(keep_last, keep=(iter_name(step),))
     barrier()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 from typing import Any, Callable
@@ -38,16 +39,17 @@ from megamid.checkpoint.hf_llama import (
     megatron_layer_to_hf,
     model_config_from_hf,
 )
+from megamid.checkpoint.record import checkpoint_record, load_record, special_ids_from_hf, special_ids_of
 from megamid.checkpoint.safetensors_files import CheckpointFileError, SafetensorsReader, SafetensorsWriter
 from megamid.config.base import ConfigError
 from megamid.config.model import ModelConfig
+from megamid.rope import model_rope_scaling
 
 STATE_FILE = "megamid.json"   # as megamid.checkpoint.checkpointer writes it
 TOKENIZER_DIR = "hf_tokenizer"
 RECIPE_SNIPPET = "recipe_base.yaml"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
-_HF_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
 # ---- shared ----------------------------------------------------------------------------------------
@@ -168,6 +170,31 @@ def check_hf_weights(reader: SafetensorsReader, model_cfg: ModelConfig, hf_dir: 
                                       f"{list(shape)} from config.json")
 
 
+def check_import_layout(model_cfg: ModelConfig, tp: int, pp: int) -> None:
+    """The model divides over --tp / --pp; errors name the config.json key, its value and the flag."""
+    for key, value, what in (("num_attention_heads", model_cfg.num_attention_heads, "attention heads"),
+                             ("num_key_value_heads", model_cfg.query_groups, "key/value heads"),
+                             ("vocab_size", model_cfg.vocab_size, "the vocabulary"),
+                             ("intermediate_size", model_cfg.ffn_size, "the MLP width")):
+        if value % tp:
+            raise ConfigError(f"config.json {key}={value} is invalid with --tp {tp}: {what} must be divisible by "
+                              f"the tensor-parallel size (try --tp {math.gcd(value, tp)})")
+    if model_cfg.num_layers % pp:
+        raise ConfigError(f"config.json num_hidden_layers={model_cfg.num_layers} is invalid with --pp {pp}: layers "
+                          "must divide evenly into the pipeline stages")
+
+
+def _read_generation_config(hf_dir: str) -> dict:
+    path = os.path.join(hf_dir, "generation_config.json")
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        raise CheckpointFileError(f"{path}: not valid JSON ({exc})") from None
+
+
 def import_hf(hf_dir: str, out: str, tp: int = 1, pp: int = 1, dtype: str | None = None, overwrite: bool = False,
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Convert an HF directory to a megamid checkpoint at `out` (usable as a recipe's `base`).
@@ -175,15 +202,13 @@ def import_hf(hf_dir: str, out: str, tp: int = 1, pp: int = 1, dtype: str | None
     tp: the TP layout the shards are written in (one process writes every rank's slice); pp: checked and
     recorded (layers are separate chunks in every PP layout). Returns the megamid.json written."""
     from megamid.config.loader import to_dict
-    from megamid.config.parallel import ParallelConfig, check_layout
 
     check_out_dir(out, overwrite)
     config = read_hf_config(hf_dir)
     model_cfg = model_config_from_hf(config)
     if dtype is not None:
         model_cfg = dataclasses.replace(model_cfg, dtype=dtype)
-    check_layout(model_cfg, ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp),
-                 where="parallel")
+    check_import_layout(model_cfg, tp, pp)
     reader = SafetensorsReader(hf_dir)
     check_hf_weights(reader, model_cfg, hf_dir)
     for note in attention_window_notes(config):
@@ -202,11 +227,14 @@ def import_hf(hf_dir: str, out: str, tp: int = 1, pp: int = 1, dtype: str | None
 
     tokenizer = _copy_tokenizer_files(hf_dir, os.path.join(partial, TOKENIZER_DIR), os.path.abspath(out), log)
     recipe = {"model": to_dict(model_cfg), "tokenizer": tokenizer}
+    generation = _read_generation_config(hf_dir)
     meta = {"step": 0,
             # no RNG state is saved: a null layout never equals a run's, so load_checkpoint does not look for it
             "layout": None, "shard_layout": {"tp": tp, "pp": pp},
             "state": {"source": "hf", "hf_dir": os.path.abspath(hf_dir)},
-            "config": recipe, "hf_config": config}
+            "config": recipe, "hf_config": config,
+            **checkpoint_record(model_cfg, tokenizer, special_ids_from_hf(config, generation), model_cfg.rope,
+                                {"kind": "hf-import", "sources": [os.path.abspath(hf_dir)]}, generation)}
     with open(os.path.join(partial, STATE_FILE), "w") as f:
         json.dump(meta, f, indent=1)
     _write_recipe_snippet(os.path.join(partial, RECIPE_SNIPPET), recipe, os.path.abspath(out), hf_dir)
@@ -253,32 +281,64 @@ def resolve_checkpoint(ckpt: str) -> str:
         raise CheckpointFileError(str(exc)) from None
 
 
-def trained_rope(meta: dict) -> dict:
-    """The rope of the phase the checkpoint was saved in (config.phases[...].rope), else config.model.rope."""
-    config = meta.get("config") or {}
-    phase = (meta.get("state") or {}).get("phase")
-    for spec in config.get("phases") or []:
-        if spec.get("name") == phase and spec.get("rope") is not None:
-            return dict(spec["rope"])
-    return dict(config["model"]["rope"])
+def extended_window(model_cfg: ModelConfig, rope: dict) -> int:
+    """max_position_embeddings for config.json: the window a scaled rope extends to (original length x
+    factor), as released long-context models write it (transformers warns of an implicit factor of 1
+    otherwise); the model's own for unscaled ropes and for dynamic NTK (whose to_hf sets its own)."""
+    scaling = model_rope_scaling(model_cfg, rope, "rope")
+    factor = getattr(scaling, "factor", None)
+    if scaling.type in ("default", "dynamic") or not factor:
+        return model_cfg.max_position_embeddings
+    original = getattr(scaling, "original_max_position_embeddings", None) or model_cfg.max_position_embeddings
+    return max(model_cfg.max_position_embeddings, int(round(original * float(factor))))
+
+
+def _special_ids(record: dict) -> dict:
+    """{bos, eos, pad}: the record's; a record without any (older checkpoints) takes its tokenizer's (eod,
+    pad). Ids outside the vocabulary are dropped (transformers refuses a pad id past the embedding)."""
+    ids = dict(record["special_ids"])
+    if all(v is None for v in ids.values()):
+        try:
+            from megamid.data.tokenizer_files import load_tokenizer
+
+            ids = special_ids_of(load_tokenizer(record["tokenizer"]))
+        except (OSError, ValueError, ImportError):
+            pass
+    vocab = record["model"]["vocab_size"]
+    inside = lambda v: all(0 <= i < vocab for i in (v if isinstance(v, list) else [v]))  # noqa: E731
+    return {k: v if v is not None and inside(v) else None for k, v in ids.items()}
+
+
+def export_config(record: dict) -> tuple[dict, dict]:
+    """(config.json, generation_config.json) of a checkpoint record: the model, the rope it trained with
+    (rope_parameters and the legacy rope_scaling), the extended window and the special-token ids."""
+    from megamid.config.loader import build
+
+    model_cfg = build(ModelConfig, record["model"], "model")
+    rope = dict(record["rope"])
+    config = hf_config(model_cfg, rope)
+    if model_rope_scaling(model_cfg, rope, "rope").type != "dynamic":  # HF's dynamic NTK starts scaling past max_position_embeddings: keep to_hf's
+        config["max_position_embeddings"] = extended_window(model_cfg, rope)
+    ids = {f"{k}_token_id": v for k, v in _special_ids(record).items() if v is not None}
+    config.update(ids)
+    generation = {**(record.get("generation") or {}), **ids}
+    generation.setdefault("_from_model_config", False)
+    return config, generation
 
 
 def export_hf(ckpt: str, out: str, overwrite: bool = False, max_file_bytes: int = 5 << 30,
               log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Convert a megamid checkpoint (any TP/PP) to an HF directory; returns the config.json written."""
+    """Convert a megamid checkpoint (any kind, any TP/PP) to an HF directory; returns the config.json written."""
     from megamid.config.loader import build
 
     path = resolve_checkpoint(ckpt)
-    with open(os.path.join(path, STATE_FILE)) as f:
-        meta = json.load(f)
-    if "model" not in (meta.get("config") or {}):
-        raise CheckpointFileError(f"{path}/{STATE_FILE}: has no config.model section")
-    model_cfg = build(ModelConfig, meta["config"]["model"], "model")
-    rope = trained_rope(meta)
-    config = hf_config(model_cfg, rope)
-    source = meta.get("hf_config") or {}
-    if source.get("vocab_size") == model_cfg.vocab_size:
-        config.update({k: source[k] for k in _HF_TOKEN_IDS if source.get(k) is not None})
+    try:
+        record = load_record(path)
+    except ConfigError as exc:
+        raise CheckpointFileError(str(exc)) from None
+    model_cfg = build(ModelConfig, record["model"], "model")
+    rope = dict(record["rope"])
+    config, generation = export_config(record)
     check_out_dir(out, overwrite)
 
     _init_megatron_io()
@@ -300,9 +360,12 @@ def export_hf(ckpt: str, out: str, overwrite: bool = False, max_file_bytes: int 
     files = writer.close()
     with open(os.path.join(partial, "config.json"), "w") as f:
         json.dump(config, f, indent=1)
-    tokenizer = _export_tokenizer(meta, partial, log)
+    with open(os.path.join(partial, "generation_config.json"), "w") as f:
+        json.dump(generation, f, indent=1)
+    tokenizer = _export_tokenizer(record["tokenizer"], partial, log)
     publish_dir(partial, out, manifest=False)  # an HF folder, not a megamid checkpoint
-    log(f"wrote {out}: {config['architectures'][0]}, rope {rope.get('type')}, {len(files)} safetensors file(s), "
+    log(f"wrote {out}: {config['architectures'][0]}, rope {rope.get('type')}, window "
+        f"{config['max_position_embeddings']}, eos {config.get('eos_token_id')}, {len(files)} safetensors file(s), "
         f"tokenizer: {tokenizer}")
     return config
 
@@ -339,7 +402,8 @@ def _load_group(dist_checkpointing, path: str, names: dict[str, tuple], num_laye
             template[name] = ShardedTensor.from_rank_offsets(key, data, (0, layer, num_layers), replica_id=0)
     # only this layer's slice of each stacked key is read: the access-integrity check wants all of them
     loaded = dist_checkpointing.load(template, path, validate_access_integrity=False)
-    return {name: t[0] if checkpoint_key(name)[1] is not None else t for name, t in loaded.items()}
+    # the result also holds the checkpoint's common state (a training step's optimizer param groups, ...)
+    return {name: loaded[name][0] if checkpoint_key(name)[1] is not None else loaded[name] for name in template}
 
 
 def _check_saved_shapes(saved: dict, model_cfg: ModelConfig, path: str) -> torch.dtype:
@@ -363,9 +427,8 @@ def _check_saved_shapes(saved: dict, model_cfg: ModelConfig, path: str) -> torch
     return dtypes.pop()
 
 
-def _export_tokenizer(meta: dict, out: str, log) -> str:
-    """Copies the recipe's tokenizer next to the weights; returns what was done, in words."""
-    tokenizer = (meta.get("config") or {}).get("tokenizer", "byte")
+def _export_tokenizer(tokenizer: str, out: str, log) -> str:
+    """Copies the checkpoint's tokenizer next to the weights; returns what was done, in words."""
     if tokenizer == "byte":
         log("note: the recipe's tokenizer is megamid's byte tokenizer (ids 0-255 = bytes, then pad and eod); "
             "it has no HF tokenizer file, so none is written")
@@ -386,4 +449,4 @@ def _export_tokenizer(meta: dict, out: str, log) -> str:
 
 
 __all__ = ["RECIPE_SNIPPET", "TOKENIZER_DIR", "check_hf_weights", "check_out_dir", "export_hf", "import_hf",
-           "read_hf_config", "resolve_checkpoint", "trained_rope"]
+           "export_config", "extended_window", "read_hf_config", "resolve_checkpoint"]

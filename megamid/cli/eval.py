@@ -1,8 +1,8 @@
 """megamid eval CKPT --tasks passkey,needle,ruler,ppl,short --lengths 1024,4096 [--baseline CKPT] [--out DIR]
 
 Long-context evaluation of a checkpoint: writes results.json, results.md and heatmap PNGs to --out.
-The checkpoint is loaded by `megamid.model.inference.load_for_eval(path) -> (model, tokenizer)`,
-where model follows megamid.eval.protocol.LanguageModel.
+Any megamid checkpoint works (a converted HF base, a training or branch step, a soup): it is loaded by
+`megamid.load(path, tp, pp) -> (model, tokenizer)`, where model follows megamid.eval.protocol.LanguageModel.
 """
 
 import json
@@ -42,18 +42,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-documents", type=int, default=None,
                         help="use at most this many documents (per length: from an indexed prefix, the last ones long enough)")
     parser.add_argument("--baseline", metavar="CKPT", help="checkpoint to compare short-document perplexity against")
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel size to run at (torchrun; default 1)")
+    parser.add_argument("--pp", type=int, default=1, help="pipeline-parallel size to run at (torchrun; default 1)")
+    parser.add_argument("--max-batch", type=int, default=4,
+                        help="sequences per forward: bounds peak memory (candidates of one prompt are scored "
+                             "in chunks of this many rows; default 4)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="output directory (default: CKPT/eval)")
 
 
-def _load(ckpt: str):
-    try:
-        from megamid.model.inference import load_for_eval
-    except ImportError as exc:
-        raise CommandError(f"checkpoint loading is not available yet (megamid.model.inference.load_for_eval: {exc})") from None
-    if not os.path.exists(ckpt):
-        raise FileNotFoundError(f"checkpoint {ckpt!r} does not exist")
-    return load_for_eval(ckpt)
+def _load(ckpt: str, args):
+    import megamid
+
+    return megamid.load(ckpt, tp=args.tp, pp=args.pp, max_batch=args.max_batch)
 
 
 def run(args) -> int:
@@ -72,8 +73,8 @@ def run(args) -> int:
     from megamid.platform import is_rank0, shutdown
 
     try:
-        model, tokenizer = _load(args.ckpt)
-        baseline = _load(args.baseline)[0] if args.baseline else None
+        model, tokenizer = _load(args.ckpt, args)
+        baseline = _load(args.baseline, args)[0] if args.baseline else None
         # under torchrun every rank evaluates (data-parallel replicas of one model); rank 0 writes
         out_dir = (args.out or os.path.join(args.ckpt, "eval")) if is_rank0() else None
         results = evaluate(model, tokenizer, args.tasks, args.lengths, out_dir, depths=args.depths, samples=args.samples,

@@ -43,12 +43,12 @@ def _batched_nll(model: LanguageModel, windows: Sequence[np.ndarray]) -> np.ndar
 def ppl_by_position(model: LanguageModel, documents: Sequence, length: int, num_buckets: int = 8,
                     max_documents: Optional[int] = None) -> Dict:
     """Mean loss and perplexity per position bucket at context `length` (see module docstring)."""
-    windows = [np.asarray(d)[:length] for d in documents if len(d) >= length]
-    if max_documents is not None:
-        windows = windows[:max_documents]
+    long_enough = [np.asarray(d)[:length] for d in documents if len(d) >= length]
+    windows = long_enough if max_documents is None else long_enough[:max_documents]
     edges = position_bucket_edges(length, num_buckets)
-    result = {"length": length, "documents": len(windows), "skipped_short_documents": len(documents) - len(windows),
-              "bucket_edges": edges, "nll": [], "ppl": [], "tokens": []}
+    # documents left out by max_documents are not "short": they are counted apart
+    result = {"length": length, "documents": len(windows), "skipped_short_documents": len(documents) - len(long_enough),
+              "unused_documents": len(long_enough) - len(windows), "bucket_edges": edges, "nll": [], "ppl": [], "tokens": []}
     if not windows:
         result.update(nll_mean=None, ppl_mean=None)
         return result

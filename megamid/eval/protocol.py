@@ -1,7 +1,7 @@
 """The two interfaces evaluation needs: a causal language model that returns logits, and a tokenizer.
 
 Any object with these attributes works (typing.Protocol, no base class): the Megatron-Core adapter
-(`megamid.model.inference.load_for_eval`), tiny test models and HF wrappers alike.
+(`megamid.load(CKPT)` returns one), tiny test models and HF wrappers alike.
 """
 
 from typing import Optional, Protocol, Sequence, Union, runtime_checkable
@@ -28,6 +28,10 @@ class LanguageModel(Protocol):
         last_n lets an adapter skip the output layer on long prompts where only the answer positions
         are scored; an adapter may ignore it and return all positions (evaluation slices the tail)."""
         ...
+
+    # Optional, for shared-prefix candidate scoring (megamid.eval.scoring.candidate_logprobs):
+    #   masked_logits(tokens [b, s], position_ids [b, s], allowed [b, s, s] bool, lo) -> [b, s - lo, V]
+    #   takes_attention_masks: bool (False: use the plain path), max_mask_tokens: int (longest such row)
 
 
 @runtime_checkable

@@ -4,6 +4,7 @@ Ranking is the primary score of every retrieval task: a small or early checkpoin
 produce the exact answer string still shows whether it prefers the right answer over plausible wrong
 ones, and the chance level (1 / number of candidates) is known exactly. Greedy decoding (exact match)
 is the stricter second score, off by default because it costs one forward per generated token.
+Candidates share the prompt's forward where the model takes attention masks (candidate_logprobs).
 """
 
 from typing import List, Optional, Sequence
@@ -20,11 +21,72 @@ def _logits(model: LanguageModel, tokens: torch.LongTensor, last_n: Optional[int
     return out.float()
 
 
+# Shared-prefix scoring puts the prompt and a group of candidates in one row with an [L, L] bool mask:
+# rows longer than this fall back to one row per candidate (the mask costs L^2 bytes; 16K tokens = 256 MiB).
+MAX_MASK_TOKENS = 16384
+
+
 def candidate_logprobs(model: LanguageModel, prompt: Sequence[int], candidates: Sequence[Sequence[int]]) -> List[float]:
     """Sum of log p(candidate tokens | prompt) for each candidate: the probability of generating it.
 
-    The candidates of one prompt share it, so they are batched together (right-padded; a causal model
-    never looks right) and only the answer positions' logits are asked for."""
+    A model with `masked_logits` (megamid's MegatronLM) runs the prompt once per group of up to
+    `model.max_batch` candidates: one row [prompt, c_1, ..., c_k] where each candidate attends to the
+    prompt and its own earlier tokens, at positions len(prompt) + j (shared_prefix_logprobs). Peak
+    memory: one row of len(prompt) + the group's tokens, plus its [L, L] mask; rows longer than
+    `model.max_mask_tokens` (default MAX_MASK_TOKENS) take the plain path, candidate_logprobs_rows."""
+    prompt, candidates = list(prompt), [list(c) for c in candidates]
+    group = max(1, int(model.max_batch))
+    limit = int(getattr(model, "max_mask_tokens", MAX_MASK_TOKENS))
+    shares = callable(getattr(model, "masked_logits", None)) and getattr(model, "takes_attention_masks", True)
+    scores: List[float] = []
+    for lo in range(0, len(candidates), group):
+        chunk = candidates[lo : lo + group]
+        if shares and len(prompt) + sum(map(len, chunk)) <= limit:
+            scores += shared_prefix_logprobs(model, prompt, chunk)
+        else:
+            scores += candidate_logprobs_rows(model, prompt, chunk)
+    return scores
+
+
+def shared_prefix_layout(prompt_len: int, lengths: Sequence[int]):
+    """(position ids [L], allowed [L, L] bool, candidate starts) of one row [prompt, c_1, ..., c_k]:
+    the prompt is causal; candidate i sits at positions prompt_len + j and sees the prompt and its own
+    tokens up to j, never another candidate."""
+    total = prompt_len + sum(lengths)
+    positions = torch.arange(total)
+    allowed = torch.zeros(total, total, dtype=torch.bool)
+    allowed[:prompt_len, :prompt_len] = torch.ones(prompt_len, prompt_len, dtype=torch.bool).tril()
+    starts, start = [], prompt_len
+    for n in lengths:
+        starts.append(start)
+        positions[start : start + n] = torch.arange(prompt_len, prompt_len + n)
+        allowed[start : start + n, :prompt_len] = True
+        allowed[start : start + n, start : start + n] = torch.ones(n, n, dtype=torch.bool).tril()
+        start += n
+    return positions, allowed, starts
+
+
+def shared_prefix_logprobs(model: LanguageModel, prompt: Sequence[int], candidates: Sequence[Sequence[int]]) -> List[float]:
+    """candidate_logprobs of one group in one forward of [prompt, c_1, ..., c_k] (see shared_prefix_layout)."""
+    prompt, candidates = list(prompt), [list(c) for c in candidates]
+    positions, allowed, starts = shared_prefix_layout(len(prompt), [len(c) for c in candidates])
+    tokens = torch.tensor([prompt + [t for c in candidates for t in c]], dtype=torch.long)
+    lo = len(prompt) - 1  # the last prompt position predicts every candidate's first token
+    logits = model.masked_logits(tokens.to(model.device), positions[None].to(model.device),
+                                 allowed[None].to(model.device), lo)
+    logp = torch.log_softmax(logits[0].float(), dim=-1).cpu()
+    scores = []
+    for start, cand in zip(starts, candidates):
+        # token j of a candidate is predicted at the prompt's end (j = 0), else at its own token j - 1
+        rows = torch.tensor([lo] + list(range(start, start + len(cand) - 1))) - lo
+        scores.append(float(logp[rows, torch.tensor(cand)].sum()))
+    return scores
+
+
+def candidate_logprobs_rows(model: LanguageModel, prompt: Sequence[int], candidates: Sequence[Sequence[int]]) -> List[float]:
+    """The plain twin of candidate_logprobs: one row [prompt, candidate] per candidate, up to
+    model.max_batch rows per forward (right-padded; a causal model never looks right), only the answer
+    positions' logits asked for. Any LanguageModel; every row repeats the prompt's work."""
     prompt = list(prompt)
     longest = max(len(c) for c in candidates)
     pad = prompt[-1]  # any valid id: padded positions are never scored

@@ -1,4 +1,4 @@
-"""Megatron-Core model chunks as a `megamid.eval.protocol.LanguageModel`, and checkpoint loading for eval.
+"""Megatron-Core model chunks as a `megamid.eval.protocol.LanguageModel`.
 
 `MegatronLM(chunks)` runs a forward-only pass through megatron's pipeline schedule under whatever
 TP/PP(/VPP)/CP layout the chunks were built for (the trainer's own chunks, DDP-wrapped or not). The last
@@ -7,8 +7,7 @@ megatron's vocab-parallel cross entropy, which never builds [b, s, V] at all), t
 over the pipeline group (after gathering context-parallel shards back into sequence order), so every
 rank returns the same tensor. Every rank must make the same calls.
 
-`load_for_eval(CKPT)` builds the model of a `megamid train` checkpoint in a world of one process
-(or as data-parallel replicas under torchrun), with the rope its phase trained with.
+Loading a checkpoint into one is `megamid.load(CKPT)` (megamid.checkpoint.loading).
 """
 
 import contextlib
@@ -18,13 +17,12 @@ from typing import List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from megamid.config.base import ConfigError
 from megamid.platform import device
 
 
 def _forward_step(data_iterator, model):
     batch = next(data_iterator)
-    output = model(batch["tokens"], batch["position_ids"], None, labels=batch.get("labels"))
+    output = model(batch["tokens"], batch["position_ids"], batch.get("attention_mask"), labels=batch.get("labels"))
     return output, partial(_last_stage_output, batch["keep"])
 
 
@@ -57,15 +55,18 @@ def _gather_context_parallel(local: torch.Tensor, seq_len: int) -> torch.Tensor:
 class MegatronLM:
     """LanguageModel over megatron GPTModel chunks (this rank's virtual stages, in order).
 
-    max_batch: sequences per forward; positions are 0..s-1 (megamid's models take RoPE from position_ids)."""
+    max_batch: sequences per forward (and candidates per shared-prefix row); positions are 0..s-1 unless
+    given (megamid's models take RoPE from position_ids). max_mask_tokens: the longest row masked_logits
+    is used for by shared-prefix scoring (its [L, L] bool mask costs L^2 bytes)."""
 
-    def __init__(self, chunks: list, max_batch: int = 4):
+    def __init__(self, chunks: list, max_batch: int = 4, max_mask_tokens: int = 16384):
         from megamid.model import unwrap
 
         if max_batch < 1:
             raise ValueError(f"max_batch={max_batch} is invalid: must be >= 1")
         self.chunks = list(chunks)
         self.max_batch = int(max_batch)
+        self.max_mask_tokens = int(max_mask_tokens)
         self.device = device()
         gpt = unwrap(self.chunks[-1])
         self.config = gpt.config
@@ -85,6 +86,30 @@ class MegatronLM:
         labels[:, :-1] = tokens[:, 1:]  # the last position predicts nothing scored
         return -self._run(tokens, (0, s - 1, False), labels=labels, width=None)
 
+    @property
+    def takes_attention_masks(self) -> bool:
+        """Whether masked_logits works here: megamid's core attention (not TE's), no context or sequence
+        parallelism (their shards assume a causal sequence), no sliding window."""
+        from megatron.core import parallel_state as ps
+
+        from megamid.attention.core_attention import MegamidCoreAttention
+
+        attention = [m for c in self.chunks for m in c.modules() if hasattr(m, "core_attention")]
+        return (ps.get_context_parallel_world_size() == 1 and not self.config.sequence_parallel
+                and getattr(self.config, "window_size", None) is None
+                and all(isinstance(m.core_attention, MegamidCoreAttention) for m in attention))
+
+    def masked_logits(self, tokens: torch.LongTensor, position_ids: torch.LongTensor, allowed: torch.Tensor,
+                      lo: int) -> torch.Tensor:
+        """Logits of positions lo..s-1 of [b, s] tokens with their own RoPE positions and a [b, s, s] bool
+        mask (True = query may attend to key): [b, s - lo, V] float, identical on every rank. What
+        shared-prefix scoring runs (megamid.eval.scoring): a prompt once, then candidates that each see
+        the prompt and their own earlier tokens."""
+        s = tokens.shape[1]
+        masked_out = ~allowed.bool().unsqueeze(1)  # megatron's convention: True = masked out
+        return self._run(tokens, (lo, s, True), labels=None, width=self.vocab_size,
+                         position_ids=position_ids, attention_mask=masked_out)
+
     # ---- forward ------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _eval_mode(self):
@@ -98,7 +123,8 @@ class MegatronLM:
             for c, mode in zip(self.chunks, modes):
                 c.train(mode)
 
-    def _run(self, tokens: torch.LongTensor, keep: Tuple[int, int, bool], labels, width: Optional[int]) -> torch.Tensor:
+    def _run(self, tokens: torch.LongTensor, keep: Tuple[int, int, bool], labels, width: Optional[int],
+             position_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         from megatron.core import parallel_state as ps
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -125,12 +151,23 @@ class MegatronLM:
             if labels is not None:
                 labels = torch.nn.functional.pad(labels.to(self.device), (0, pad_to - s), value=0)
                 labels = torch.cat([labels, labels[-1:].expand(rows - b, -1)])
-        position_ids = torch.arange(pad_to, device=self.device).unsqueeze(0).expand(micro, -1)
+        if attention_mask is not None:
+            # an explicit mask (masked_logits) is never padded: takes_attention_masks excludes SP and CP
+            assert pad_to == s, (pad_to, s)
+            attention_mask = attention_mask.to(self.device)
+            position_ids = position_ids.to(self.device)
+            attention_mask = torch.cat([attention_mask, attention_mask[-1:].expand(rows - b, -1, -1, -1)])
+            position_ids = torch.cat([position_ids, position_ids[-1:].expand(rows - b, -1)])
+        else:
+            position_ids = torch.arange(pad_to, device=self.device).unsqueeze(0).expand(rows, -1)
         # Under CP each rank keeps all of its shard; the positions asked for are cut after the CP gather.
         stage_keep = keep if cp == 1 else (0, pad_to // cp, keep[2])
         batches = []
         for m in range(num_micro):
-            batch = {"tokens": tokens[m * micro : (m + 1) * micro], "position_ids": position_ids}
+            batch = {"tokens": tokens[m * micro : (m + 1) * micro],
+                     "position_ids": position_ids[m * micro : (m + 1) * micro]}
+            if attention_mask is not None:
+                batch["attention_mask"] = attention_mask[m * micro : (m + 1) * micro]
             if labels is not None:
                 batch["labels"] = labels[m * micro : (m + 1) * micro].to(self.device)
             if cp > 1:
@@ -166,38 +203,4 @@ class MegatronLM:
         return out[:b]
 
 
-def load_for_eval(ckpt_path: str, max_batch: int = 4):
-    """(MegatronLM, tokenizer) for a checkpoint written by `megamid train` (an iter_N dir or its parent
-    with `latest`). Builds the recipe's model unsharded (TP=PP=1, any saved layout reshards on load)
-    with the rope of the phase the checkpoint was saved in."""
-    from megamid.checkpoint import dist_state as ckpt  # model -> checkpoint: load_for_eval belongs a layer up
-    from megamid.config import RecipeConfig, build
-    from megamid.config.parallel import ParallelConfig
-    from megamid.data.tokenizer_files import load_tokenizer
-    from megamid.model import build_gpt_chunks
-    from megamid.model.builder import set_rope
-    from megamid.platform import Layout, init_model_parallel, set_seed
-
-    path = ckpt.resolve_checkpoint(ckpt_path, "CKPT")
-    meta = ckpt.read_state(path)
-    recipe = build(RecipeConfig, meta["config"])
-    phase_name = meta["state"]["phase"]
-    phases = {p.name: (p.rope or recipe.model.rope) for p in recipe.phase_specs()}
-    if phase_name not in phases:
-        raise ConfigError(f"checkpoint {path} was saved in phase {phase_name!r}, which its recipe does not "
-                          f"have (phases: {', '.join(phases)})")
-    rope = meta["state"].get("rope") or phases[phase_name]   # checkpoints record their rope; older ones by phase
-    from megatron.core import parallel_state as ps
-
-    if not ps.model_parallel_is_initialized() or (ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size(),
-                                                  ps.get_context_parallel_world_size()) != (1, 1, 1):
-        init_model_parallel(Layout())  # a second load (a --baseline) keeps the first model's groups
-    set_seed(recipe.training.seed)
-    chunks = build_gpt_chunks(recipe.model, ParallelConfig())
-    for chunk in chunks:
-        set_rope(chunk, rope)
-    ckpt.load_checkpoint(path, chunks, None, False, load_optimizer=False)
-    return MegatronLM(chunks, max_batch=max_batch), load_tokenizer(recipe.tokenizer)
-
-
-__all__: List[str] = ["MegatronLM", "load_for_eval"]
+__all__: List[str] = ["MegatronLM"]

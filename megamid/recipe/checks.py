@@ -6,6 +6,7 @@ import os
 from typing import Optional
 
 from megamid.checkpoint.checkpointer import CheckpointError, read_state, resolve, verify
+from megamid.checkpoint.record import first_phase_lr_problem
 from megamid.config import ConfigError, ModelConfig, RecipeConfig, build
 from megamid.config.model import SHAPE_FIELDS, model_differences
 from megamid.data.mixture_plan import knot_shares
@@ -130,9 +131,7 @@ def check_sequence(recipe: RecipeConfig, phases: list, problems: list) -> None:
                             "phase and the distributed optimizer's state reshards only across data parallelism: use "
                             "optimizer_state: reset, or use_distributed_optimizer: false on both sides")
     if phases and phases[0].index == 0 and phases[0].lr.needs_checkpoint_lr and not recipe.base:
-        problems.append(f"{field_name(recipe, phases[0], 'lr')}.start_lr='from_checkpoint' is invalid: the first phase "
-                        "has no earlier phase to take the LR from; give a base checkpoint saved by megamid train "
-                        "(its LR), or a number")
+        problems.append(first_phase_lr_problem(phases[0].name, None, None))
 
 
 # ---- files -------------------------------------------------------------------------------------
@@ -215,10 +214,10 @@ def _check_base(recipe: RecipeConfig, phases: list, problems: list) -> None:
         return
     _check_shapes(recipe, "base", recipe.base, meta, problems)
     first = phases[0] if phases and phases[0].index == 0 else None
-    if first is not None and first.lr.needs_checkpoint_lr and (meta.get("state") or {}).get("lr") is None:
-        problems.append(f"{field_name(recipe, first, 'lr')}.start_lr='from_checkpoint' is invalid: the base "
-                        f"checkpoint {recipe.base!r} records no LR (a converted or averaged checkpoint has none); "
-                        "give start_lr a number")
+    if first is not None and first.lr.needs_checkpoint_lr:
+        problem = first_phase_lr_problem(first.name, recipe.base, meta)
+        if problem:
+            problems.append(problem)
 
 
 def _check_resume(recipe: RecipeConfig, problems: list) -> None:

@@ -21,7 +21,7 @@ from megamid.config.data import DataConfig
 from megamid.config.parallel import check_layout
 from megamid.data.mixture_plan import knot_shares, stream_names
 from megamid.optim.schedules import LRSchedule, lr_at
-from megamid.rope import RopeScaling
+from megamid.rope import RopeScaling, model_rope_scaling
 
 
 @dataclass(frozen=True)
@@ -141,10 +141,7 @@ def _resolve_phase(recipe: RecipeConfig, i: int, spec) -> PhasePlan:
 
 def rope_scaling_for(model, rope: dict, where: str) -> RopeScaling:
     """The RopeScaling of `rope` at the model's head dim; errors name `where`."""
-    try:
-        return RopeScaling.from_dict(dict(rope), head_dim=model.head_dim)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+    return model_rope_scaling(model, rope, where)
 
 
 def _lr_range(phase: PhasePlan):

@@ -252,4 +252,12 @@ def registered_types() -> dict[str, type[RopeScaling]]:
     return dict(_REGISTRY)
 
 
-__all__ = ["RopeScaling", "ConfigError", "base_inv_freq", "check_number", "registered_types"]
+def model_rope_scaling(model, rope: Mapping[str, Any], where: str = "rope") -> RopeScaling:
+    """The RopeScaling of the rope mapping `rope` at `model`'s head dim (a ModelConfig); errors name `where`."""
+    try:
+        return RopeScaling.from_dict(dict(rope), head_dim=model.head_dim)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+__all__ = ["RopeScaling", "ConfigError", "base_inv_freq", "check_number", "model_rope_scaling", "registered_types"]

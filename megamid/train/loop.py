@@ -11,6 +11,7 @@ import time
 import torch.distributed as dist
 
 from megamid.checkpoint import dist_state as ckpt
+from megamid.checkpoint.record import checkpoint_lr, checkpoint_record, load_record, special_ids_of
 from megamid.config import ConfigError, to_dict
 from megamid.errors import MegamidError
 from megamid.optim import lr_at
@@ -53,6 +54,7 @@ class Trainer:
         if self.tokenizer.vocab_size > self.recipe.model.vocab_size:
             raise ConfigError(f"model.vocab_size={self.recipe.model.vocab_size} is invalid: the tokenizer "
                               f"{self.recipe.tokenizer!r} has {self.tokenizer.vocab_size} tokens")
+        self.special_ids, self.generation = self._special_ids()
         self.backends = backends or resolve_backends()
         self.runner = StepRunner(self.recipe.model, self.backends)
         if callbacks is None:
@@ -114,11 +116,29 @@ class Trainer:
                 "data_consumed": self.samples.consumed_per_source(consumed), "rope": phase.rope,
                 "backends": self.backends.to_dict(), "branch": self.branch}
 
+    def _special_ids(self):
+        """bos/eos/pad (and a generation config) for the record: the base's where it has the same tokenizer
+        (a converted HF model's ids, e.g. an end-of-turn eos), else the tokenizer's own."""
+        ids, generation = special_ids_of(self.tokenizer), None
+        if self.recipe.base:
+            base = load_record(ckpt.resolve_checkpoint(self.recipe.base, "base"))
+            if base["tokenizer"] == self.recipe.tokenizer and any(v is not None for v in base["special_ids"].values()):
+                ids, generation = base["special_ids"], base.get("generation")
+        return ids, generation
+
+    def _record(self, phase, global_step: int) -> dict:
+        provenance = {"kind": "branch" if self.branch else "train",
+                      "sources": [self.recipe.base] if self.recipe.base else [], "phase": phase.name,
+                      "step": global_step}
+        return checkpoint_record(self.recipe.model, self.recipe.tokenizer, self.special_ids, phase.rope, provenance,
+                                 self.generation)
+
     def _save(self, phase, phase_step: int, global_step: int) -> str:
         c = self.recipe.checkpoint
         path = ckpt.save_checkpoint(self.ckpt_dir, global_step, self.chunks, self.runner.optimizer,
                                     self._state(phase, phase_step, global_step), to_dict(self.recipe),
-                                    phase.parallel.use_distributed_optimizer, c.keep_last)
+                                    phase.parallel.use_distributed_optimizer, c.keep_last,
+                                    record=self._record(phase, global_step))
         self.log(f"saved checkpoint {path}")
         self.last_save = (path, phase.name, phase_step)
         return path
@@ -177,8 +197,8 @@ class Trainer:
             base = ckpt.resolve_checkpoint(self.recipe.base, "base")
             meta = ckpt.load_checkpoint(base, self.chunks, self.runner.optimizer,
                                         phase.parallel.use_distributed_optimizer, load_optimizer=False)
-            if self.phase_start_lr is None:
-                self.phase_start_lr = (meta.get("state") or {}).get("lr")   # start_lr: from_checkpoint
+            # start_lr: from_checkpoint on the first phase resolves to the base's last LR (plan checks it has one)
+            self.phase_start_lr = checkpoint_lr(meta)
             self.log(f"initialised weights from base checkpoint {base}")
         self._apply_rope(phase)
 

@@ -265,3 +265,23 @@ def test_matches_megatrons_dot_product_attention_with_and_without_a_window():
     for case in ("None", "6"):
         assert max(result[case]) < 1e-12, (case, result[case])
     assert result["window_effect"] > 0.1  # the window cut keys off in both
+
+
+def test_an_explicit_mask_with_a_causal_prefix_equals_the_dense_masked_softmax():
+    # shared-prefix scoring's mask: a causal prompt of 9, then candidates of 2 and 3 that see it and themselves
+    from megamid.attention.core_attention import causal_prefix
+    from megamid.eval.scoring import shared_prefix_layout
+
+    _, allowed_, _ = shared_prefix_layout(9, [2, 3])
+    mask = (~allowed_)[None, None].expand(B, 1, -1, -1)  # megatron's convention: True = masked out
+    # the first candidate continues the prompt causally: the causal rows end where the second one starts
+    assert causal_prefix(mask) == 11 and causal_prefix(mask.clone()) == 11
+    assert causal_prefix(~torch.ones(5, 5, dtype=torch.bool).tril()[None, None]) == 5
+    assert causal_prefix(torch.zeros(1, 1, 4, 4, dtype=torch.bool)) == 0  # nothing masked: row 0 sees the future
+    q, k, v = _qkv(14)
+    out = _module()(q, k, v, mask)
+    rep = HQ // HK
+    qh, kh, vh = (t.permute(1, 2, 0, 3) for t in (q, k.repeat_interleave(rep, 2), v.repeat_interleave(rep, 2)))
+    scores = (qh @ kh.transpose(-1, -2)) / D ** 0.5
+    want = torch.softmax(scores.masked_fill(mask, float("-inf")), -1) @ vh
+    torch.testing.assert_close(out, want.permute(2, 0, 1, 3).reshape(14, B, -1), rtol=1e-10, atol=1e-10)

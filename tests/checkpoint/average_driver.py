@@ -2,7 +2,7 @@
 
 Test driver for checkpoint averaging (one process, so megatron is imported once): writes a small
 synthetic corpus and a tiny recipe, trains checkpoints A and B (1 step, different seeds), averages [A, A], [A, B] and [A, B] with weights 3,1
-(the last through tools/average_checkpoints.py), tries a checkpoint of another model, loads every
+(the last through tools/average_checkpoints.py), tries a checkpoint of another model and one of another rope, loads every
 output into a fresh model, and starts a run from the mean as `base`. Writes OUT_DIR/weights.pt
 ({name: {param: tensor}}) and OUT_DIR/result.json.
 """
@@ -117,11 +117,19 @@ def main():
     with open(os.path.join(other, MANIFEST), "w") as f:
         json.dump(manifest, f)
     mismatch_rc, mismatch_err = tool(p("a"), other, "--out", p("bad"))
+    # the same model trained with another rope (a pre-record checkpoint: its rope is config.model.rope)
+    other_rope = p("other_rope")
+    shutil.copytree(find_latest(p("a")), other_rope)
+    meta = read_state(other_rope)
+    meta["config"]["model"]["rope"] = {"type": "yarn", "factor": 2.0, "original_max_position_embeddings": 32}
+    with open(os.path.join(other_rope, "megamid.json"), "w") as f:
+        json.dump(meta, f)
+    rope_rc, rope_err = tool(p("a"), other_rope, "--out", p("bad_rope"))
     weighted_rc, weighted_err = tool(p("a"), p("b"), "--out", p("weighted"), "--weights", "3,1")
     weights["weighted"] = load(p("weighted"), model)
     torch.save(weights, p("weights.pt"))
     with open(p("result.json"), "w") as f:
-        json.dump({"mismatch": [mismatch_rc, mismatch_err], "weighted": [weighted_rc, weighted_err],
+        json.dump({"mismatch": [mismatch_rc, mismatch_err], "rope_mismatch": [rope_rc, rope_err], "weighted": [weighted_rc, weighted_err],
                    "base_run_loss": base_run["history"][-1]["loss"],
                    "mean_state": read_state(find_latest(p("mean")))}, f)
     from megamid.platform import shutdown

@@ -1,8 +1,8 @@
 """pytest tests/checkpoint/test_average.py
 
 Checkpoint averaging on real checkpoints of a tiny model (one driver subprocess, ~30 s): identical
-inputs come back bit for bit, two give the elementwise (weighted) mean, another model is refused
-naming the field, and the output starts a run as `base`.
+inputs come back bit for bit, two give the elementwise (weighted) mean, another model or rope is refused
+naming both, and the output starts a run as `base`.
 """
 
 import json
@@ -63,12 +63,24 @@ def test_another_model_is_refused_naming_the_field(averaged):
     assert "model.num_layers=1 in" in err and "differs from model.num_layers=2 in" in err and "same model" in err
 
 
+def test_another_rope_is_refused_naming_both(averaged):
+    _, result = averaged
+    rc, err = result["rope_mismatch"]
+    assert rc == 2
+    assert "rope={'type': 'yarn'" in err and "other_rope" in err and "differs from rope={'type': 'default'" in err
+
+
 def test_the_average_is_a_usable_base_with_its_provenance(averaged):
     _, result = averaged
     assert math.isfinite(result["base_run_loss"])
     state = result["mean_state"]
     assert state["layout"] is None and len(state["state"]["averaged_from"]) == 2
     assert state["state"]["weights"] == [0.5, 0.5]
+    # the record eval and export read: the inputs' model, rope and tokenizer, and where it came from
+    assert state["record_version"] == 1 and state["provenance"]["kind"] == "average"
+    assert state["provenance"]["sources"] == state["state"]["averaged_from"]
+    assert state["rope"] == {"type": "default", "theta": 10000.0} and state["tokenizer"] == "byte"
+    assert state["special_ids"] == {"bos": None, "eos": None, "pad": None}  # pre-record inputs: the tokenizer's
 
 
 @pytest.mark.parametrize("weights, count, message", [

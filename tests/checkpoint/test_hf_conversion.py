@@ -280,9 +280,11 @@ def test_missing_files_and_tensors_are_named(tiny_hf, tmp_path):
 
 
 def test_layouts_that_do_not_divide_are_rejected(tiny_hf, tmp_path):
-    with pytest.raises(ConfigError, match="num_query_groups=2 is invalid with --tp/--pp"):
+    with pytest.raises(ConfigError, match=r"config.json num_key_value_heads=2 is invalid with --tp 4: key/value heads "
+                                          r"must be divisible by the tensor-parallel size \(try --tp 2\)") as err:
         import_hf(str(tiny_hf), str(tmp_path / "out"), tp=4)
-    with pytest.raises(ConfigError, match="num_layers=1 is invalid"):
+    assert "(parallel)" not in str(err.value) and "tensor_model_parallel_size" not in str(err.value)
+    with pytest.raises(ConfigError, match="num_hidden_layers=1 is invalid with --pp 2"):
         import_hf(str(tiny_hf), str(tmp_path / "out"), pp=2)
 
 

@@ -1,10 +1,11 @@
 """python -m torch.distributed.run --standalone --nproc-per-node=2 tests/eval/adapter_driver.py CKPT OUT_DIR
 
-Test driver: loads CKPT with load_for_eval (TP=PP=1, the two ranks as data-parallel replicas) and again
+Test driver: loads CKPT with megamid.load (TP=PP=1, the two ranks as data-parallel replicas) and again
 under TP=2, PP=2 (DDP-wrapped, as the trainer holds it) and interleaved
 PP=2 x 2, runs MegatronLM's logits (all positions and the last few) and token_logprobs on the same
 tokens, and writes OUT_DIR/rank<r>.json: per layout the max |difference| to TP=1, a checksum (to check
-every rank returned the same tensor) and whether the chunks were put back in train mode.
+every rank returned the same tensor) and whether the chunks were put back in train mode; megamid.load(CKPT,
+tp=2) and (pp=2) give the same outputs.
 """
 
 import json
@@ -20,17 +21,24 @@ def main() -> None:
     from megamid.config.parallel import ParallelConfig
     from megamid.model import build_gpt_chunks, wrap_ddp
     from megamid.model.builder import set_rope
-    from megamid.model.inference import MegatronLM, load_for_eval
+    import megamid
     from megamid.checkpoint import dist_state as ckpt
+    from megamid.model.inference import MegatronLM
     from megamid.platform import Layout, init_model_parallel, shutdown
 
     tokens = torch.randint(0, 256, (3, 41), generator=torch.Generator().manual_seed(0))
 
-    def outputs(model):
-        return {"logits": model.logits(tokens), "last": model.logits(tokens, last_n=5),
-                "logprobs": model.token_logprobs(tokens)}
+    from megamid.eval.scoring import candidate_logprobs
 
-    model, _ = load_for_eval(ckpt_path, max_batch=3)
+    candidates = [[5], [6, 7], [8, 9, 10], [11, 12]]
+
+    def outputs(model):
+        # candidate scores: shared-prefix rows where the layout takes masks (TP, PP), one row each under CP
+        return {"logits": model.logits(tokens), "last": model.logits(tokens, last_n=5),
+                "logprobs": model.token_logprobs(tokens),
+                "scores": torch.tensor(candidate_logprobs(model, tokens[0, :30].tolist(), candidates))}
+
+    model, _ = megamid.load(ckpt_path, max_batch=3)
     ref = outputs(model)
     logp = torch.log_softmax(ref["logits"].double(), -1)[:, :-1].gather(-1, tokens[:, 1:, None]).squeeze(-1)
     report = {"reference": {"logprobs_vs_log_softmax": float((logp - ref["logprobs"]).abs().max()),
@@ -60,6 +68,12 @@ def main() -> None:
         report[name] = {k: float((got[k] - ref[k]).abs().max()) for k in ref}
         report[name]["checksum"] = {k: float(v.double().sum()) for k, v in got.items()}
         report[name]["train_mode_restored"] = all(m.training for c in chunks for m in c.modules())
+    for name, kw in (("load_tp2", {"tp": 2}), ("load_pp2", {"pp": 2})):
+        model, _ = megamid.load(ckpt_path, max_batch=3, **kw)
+        got = outputs(model)
+        report[name] = {k: float((got[k] - ref[k]).abs().max()) for k in ref}
+        report[name]["checksum"] = {k: float(v.double().sum()) for k, v in got.items()}
+        report[name]["train_mode_restored"] = True  # megamid.load's model is never put in train mode
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, f"rank{os.environ.get('RANK', '0')}.json"), "w") as f:
         json.dump(report, f, indent=1)

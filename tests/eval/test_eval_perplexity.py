@@ -35,6 +35,12 @@ def test_ppl_by_position_matches_known_log_probs(position_model, make_documents)
     assert r["nll_mean"] == pytest.approx(np.mean([model.expected_nll(p) for p in range(1, 64)]))
 
 
+def test_documents_cut_by_max_documents_are_not_counted_short(position_model, make_documents):
+    docs = make_documents([64, 100, 30, 64, 70])  # one too short, four long enough
+    r = ppl_by_position(position_model(), docs, length=64, num_buckets=4, max_documents=2)
+    assert r["documents"] == 2 and r["skipped_short_documents"] == 1 and r["unused_documents"] == 2
+
+
 def test_model_provided_token_logprobs_are_used(position_model, make_documents):
     model = position_model()
     tokens = torch.as_tensor(np.stack(make_documents([20, 20])))

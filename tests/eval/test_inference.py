@@ -1,7 +1,7 @@
-"""pytest tests/eval/test_inference.py   (MegatronLM and load_for_eval on a checkpoint made by `megamid train`)
+"""pytest tests/eval/test_inference.py   (MegatronLM and megamid.load on a checkpoint made by `megamid train`)
 
 `megamid eval` on the tiny run's checkpoint end to end, and the adapter under TP=2, PP=2 and interleaved
-PP=2 x 2 in one two-process gloo launch: logits and log-probs equal to TP=1's within 1e-5, the same
+PP=2 x 2 (and megamid.load at tp=2 and pp=2) in one two-process gloo launch: logits and log-probs equal to TP=1's within 1e-5, the same
 on every rank, and the model back in train mode afterwards.
 """
 
@@ -36,9 +36,23 @@ def test_megamid_eval_on_a_trained_checkpoint(run_dir, tmp_path):
     assert (out / "results.md").exists() and (out / "passkey_heatmap.png").exists()
 
 
+def test_shared_prefix_scores_equal_one_row_per_candidate(run_dir, tmp_path):
+    out = tmp_path / "scores.json"
+    cmd = [sys.executable, os.path.join(tiny_run.HERE, "scoring_driver.py"), run_dir["ckpt"], str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=tiny_run.env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r = json.loads(out.read_text())
+    assert r["takes_masks"] and r["masked_calls"] >= 2 * r["samples"]  # 4 candidates in groups of max_batch=3
+    assert len(r["candidate_lengths"]) > 1  # candidates of several token lengths
+    assert r["max_diff"] < 1e-4 and r["rankings_agree"]
+
+
 def test_megamid_eval_rejects_a_directory_that_is_not_a_checkpoint(tmp_path, capsys):
     assert main(["eval", str(tmp_path), "--tasks", "passkey", "--lengths", "320"]) == 2
     assert "is not a megamid checkpoint" in capsys.readouterr().err
+
+
+LAYOUTS = ("tp2", "pp2_ddp", "pp2_vpp2", "cp2_allgather", "cp2_ring", "load_tp2", "load_pp2")
 
 
 @pytest.mark.slow
@@ -51,8 +65,8 @@ def test_adapter_is_layout_independent(run_dir, tmp_path):
     reports = [json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1)]
     for rep in reports:
         assert rep["reference"]["logprobs_vs_log_softmax"] < 1e-5 and rep["reference"]["last_vs_all"] == 0
-        for layout in ("tp2", "pp2_ddp", "pp2_vpp2", "cp2_allgather", "cp2_ring"):
-            assert max(rep[layout][k] for k in ("logits", "last", "logprobs")) < 1e-5, (layout, rep[layout])
+        for layout in LAYOUTS:
+            assert max(rep[layout][k] for k in ("logits", "last", "logprobs", "scores")) < 1e-5, (layout, rep[layout])
             assert rep[layout]["train_mode_restored"], layout
-    for layout in ("tp2", "pp2_ddp", "pp2_vpp2", "cp2_allgather", "cp2_ring"):
+    for layout in LAYOUTS:
         assert reports[0][layout]["checksum"] == reports[1][layout]["checksum"], layout
