@@ -15,9 +15,9 @@ from megamid.checkpoint.record import (
     first_phase_lr_problem,
     load_record,
     read_record,
-    resolve_checkpoint,
     special_ids_from_hf,
 )
+from megamid.checkpoint.checkpointer import resolve as resolve_checkpoint
 from megamid.config import ConfigError
 
 MODEL = {"num_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "num_query_groups": 2, "vocab_size": 128,
