@@ -78,6 +78,8 @@ def init_model_parallel(layout: Layout) -> None:
         pipeline_model_parallel_size=layout.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=layout.virtual_pipeline_model_parallel_size,
         context_parallel_size=layout.context_parallel_size,
+        # TE's a2a+p2p context parallelism: [all-to-all group, ring across groups] (None otherwise)
+        hierarchical_context_parallel_sizes=getattr(layout, "hierarchical_context_parallel_sizes", None),
     )
 
 
