@@ -76,3 +76,13 @@ class Fp8Config:
 
     def describe(self) -> str:
         return f"{self.recipe}/{self.format}" + ("+param" if self.param_gather else "")
+
+
+def fp8_recompute_problem(fp8: Optional[Fp8Config], recompute) -> Optional[str]:
+    """A problem line where megatron refuses the pair: delayed scaling with layernorm recompute
+    (output-discarding checkpoints need current scaling), else None."""
+    modules = getattr(recompute, "modules", ()) if getattr(recompute, "granularity", "none") == "selective" else ()
+    if fp8 is not None and fp8.recipe == "delayed" and "layernorm" in modules:
+        return ("fp8.recipe='delayed' is invalid with recompute modules [layernorm]: megatron's delayed scaling "
+                "cannot rebuild discarded norm outputs; use recipe tensorwise, or drop layernorm from recompute")
+    return None

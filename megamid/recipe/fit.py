@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from megamid.config.fp8 import Fp8Config
+from megamid.config.fp8 import Fp8Config, fp8_recompute_problem
 from megamid.config.recompute import RecomputeConfig, layers_per_stage_check
 from megamid.recipe.gpus import GpuSpec, gpu_spec
 from megamid.recipe.memory import GIB, MemoryEstimate, estimate_memory
@@ -48,8 +48,8 @@ class PhaseMemory:
 
 
 def phase_memory(plan, gpu, te: bool = True) -> list:
-    """A PhaseMemory per phase of `plan` (a RecipePlan) on `gpu` (a name or GpuSpec); `te`: Transformer
-    Engine present (its fused cross-entropy is on)."""
+    """A PhaseMemory per phase of `plan` (a RecipePlan) on `gpu` (a name or GpuSpec), with the GPU
+    path's flash attention and fused cross-entropy (megamid.model.engine_config turns it on with CUDA)."""
     spec = gpu if isinstance(gpu, GpuSpec) else gpu_spec(gpu)
     model = plan.recipe.model
     rows = []
@@ -59,7 +59,7 @@ def phase_memory(plan, gpu, te: bool = True) -> list:
         estimate = estimate_memory(model, phase.parallel, seq_len=t.seq_len, micro_batch_size=t.micro_batch_size,
                                    num_microbatches=max(t.global_batch_size // (t.micro_batch_size * dp), 1),
                                    data_parallel_size=dp, recompute=phase_recompute(phase), fp8=phase_fp8(phase),
-                                   flash_attention=True, cross_entropy_fusion=te)
+                                   flash_attention=True, cross_entropy_fusion=True)
         rows.append(PhaseMemory(row.name, row.layout, phase_recompute(phase), phase_fp8(phase), estimate, spec))
     return rows
 
@@ -82,6 +82,9 @@ def hardware_problems(plan, gpu, te: bool = True) -> list:
         elif fp8 is not None and fp8.recipe == "mxfp8" and not spec.mxfp8:
             problems.append(f"{where}.fp8.recipe='mxfp8' is invalid on {spec.name} ({spec.arch}): MXFP8 needs "
                             "Blackwell; use tensorwise, delayed or blockwise")
+        mixed = fp8_recompute_problem(fp8, memory.recompute)
+        if mixed:
+            problems.append(f"{where}: {mixed}")
         parallel = row.phase.parallel
         if parallel.context_parallel_size > 1 and parallel.cp_comm in TE_ONLY_CP_COMM and not te:
             problems.append(f"{where}.parallel.cp_comm={parallel.cp_comm!r} is invalid without Transformer Engine: "
