@@ -24,15 +24,21 @@ class DocumentPackedSeqParams(PackedSeqParams):
 def packed_seq_params(batch: dict, cp_size: int = 1):
     """DocumentPackedSeqParams for a (possibly CP-sharded) micro-batch with `cu_seqlens`, else None.
 
-    Raises under Transformer Engine attention, whose document masking needs the thd layout."""
+    Under Transformer Engine attention: the thd PackedSeqParams that megamid.attention.thd.thd_batch put
+    on the micro-batch (it replaces shard_batch there: TE shards every document, not the rows)."""
+    if batch.get("packed_seq_params") is not None:
+        return batch["packed_seq_params"]
     cu = batch.get("cu_seqlens")
     if cu is None:
         return None
     from megamid.attention.backend import attention_backend
 
     if attention_backend() == "te":
-        raise NotImplementedError("packed documents (data.pack: true) with Transformer Engine attention need the "
-                                  "thd layout, which megamid does not build yet: set MEGAMID_ATTENTION=megamid")
+        from megamid.config.base import ConfigError
+
+        raise ConfigError("packed documents (data.pack: true) under Transformer Engine attention take the thd "
+                          "layout: prepare the micro-batch with megamid.attention.thd.thd_batch in place of "
+                          "shard_batch (or set MEGAMID_ATTENTION=megamid)")
     if attention_backend() == "megatron":
         raise NotImplementedError("megatron's DotProductAttention cannot mask documents (data.pack: true): "
                                   "unset MEGAMID_ATTENTION or set it to megamid")
