@@ -164,3 +164,17 @@ def test_gpu_catalogue():
     assert gpu_from_device_name("NVIDIA GB200", 184.0).name == "gb200-186gb"
     assert gpu_from_device_name("Tesla T4", 15.0) is None
     assert all(math.isfinite(g.memory_gib) for g in GPUS.values())
+
+
+def test_korthikanti_34sbh_for_gpt():
+    """GPT as in Korthikanti et al. (MHA, GELU with f = 4h, dropout): 34 s b h bytes per layer once flash
+    attention removes the 5 a s^2 b term (plus flash's fp32 log-sum-exp); with SP and TP t: 34 s b h / t."""
+    gpt = ModelConfig(num_layers=2, hidden_size=256, num_attention_heads=8, vocab_size=64, activation="gelu",
+                      normalization="LayerNorm", hidden_dropout=0.1, attention_dropout=0.1, dtype="fp16")
+    s, h, a = 512, 256, 8
+    assert layer_activation_bytes(gpt, ParallelConfig(), s, 1, NONE) == 34 * s * h + 4 * s * a
+    sp = ParallelConfig(tensor_model_parallel_size=4, sequence_parallel=True)
+    assert layer_activation_bytes(gpt, sp, s, 1, NONE) == (34 * s * h + 4 * s * a) / 4
+    # without flash attention the paper's 5 a s^2 b term (scores, softmax, dropout mask) comes back
+    assert layer_activation_bytes(gpt, ParallelConfig(), s, 1, NONE, flash_attention=False) == \
+        34 * s * h + 4 * s * a + 5 * a * s * s
