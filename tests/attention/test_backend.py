@@ -54,3 +54,12 @@ def test_layer_spec_core_attention(monkeypatch):
     monkeypatch.setenv("MEGAMID_ATTENTION", "megatron")
     assert core(layer_spec(model, "local")) is DotProductAttention
     assert with_core_attention("spec", "local") == "spec"
+
+
+def test_describe_attention_names_te_cp_types(monkeypatch):
+    monkeypatch.setenv("MEGAMID_ATTENTION", "auto")
+    line = describe_attention(ParallelConfig(context_parallel_size=4, cp_comm="a2a"), spec_backend="te")
+    assert "a2a: all-to-all over heads" in line and line.endswith("cp_comm_type=a2a")
+    line = describe_attention(ParallelConfig(context_parallel_size=4, cp_comm="a2a+p2p", cp_a2a_size=2),
+                              spec_backend="te")
+    assert "all-to-all inside groups, ring across" in line and line.endswith("cp_comm_type=a2a+p2p")
