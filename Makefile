@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.megamid-installed
 CSRC   := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' 2>/dev/null)
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test test-fast nvcc-check clean
+.PHONY: install demo test test-fast nvcc-check gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ test: install nvcc-check
 
 test-fast: install
 	$(BIN)/python -m pytest -q -ra --basetemp=.pytest_tmp -m "not slow" tests
+
+# One GPU (H100/H200), < 8 minutes: CUDA build, gpu tests, benchmarks, ~1B training at 8K/32K, save/resume,
+# BF16 vs FP8 with TE; writes runs/gpu_check/gpu_check.json. Runs with the Python that has CUDA torch and
+# megatron-core (the container's: make gpu-check PYTHON=python), not the CPU venv `make test` builds.
+gpu-check:
+	$(PYTHON) tools/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf build *.egg-info megamid/*.so

@@ -17,7 +17,9 @@ from megamid.config.base import ConfigError
 
 CHOICES = ("auto", "te", "megamid", "megatron")
 # megamid's parallel.cp_comm -> megatron's TransformerConfig.cp_comm_type (what TE and megamid read)
-CP_COMM_TYPE = {"allgather": "all_gather", "ring": "p2p"}
+CP_COMM_TYPE = {"allgather": "all_gather", "ring": "p2p", "p2p": "p2p", "a2a": "a2a", "a2a+p2p": "a2a+p2p"}
+_CP_WORDS = {"allgather": "KV all-gather", "ring": "ring send/recv, lse merge", "p2p": "ring send/recv, lse merge",
+             "a2a": "all-to-all over heads", "a2a+p2p": "all-to-all inside groups, ring across"}
 
 
 def attention_backend(choice: str, spec_backend: str) -> str:
@@ -59,7 +61,7 @@ def describe_attention(parallel_config, backend: str) -> str:
 
     cp = parallel_config.context_parallel_size
     cp_part = (f"context parallel {cp} ({parallel_config.cp_comm}: "
-               f"{'KV all-gather' if parallel_config.cp_comm == 'allgather' else 'ring send/recv, lse merge'}, "
+               f"{_CP_WORDS[parallel_config.cp_comm]}, "
                "dual-chunk load balance)" if cp > 1 else "no context parallelism")
     if backend == "te":
         return (f"attention: Transformer Engine DotProductAttention, {cp_part}"

@@ -97,7 +97,8 @@ def allgather_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, group, do
     q_pos = rank_positions(s, group, rank, q.device)
     k_pos = torch.cat([rank_positions(s, group, j, q.device) for j in range(cp)])
     q_doc, k_doc = (None, None) if doc is None else (doc[:, q_pos], doc[:, k_pos])
-    out, _ = block_attention(q, k_all, v_all, q_pos, k_pos, q_doc, k_doc, scale, window=window)
+    out, _ = block_attention(q, k_all, v_all, q_pos, k_pos, q_doc, k_doc, scale, window=window,
+                             mask_key=("allgather", cp, rank), mask_doc=doc)
     return out.to(q.dtype)
 
 
@@ -136,7 +137,8 @@ class _RingAttention(torch.autograd.Function):
             src = (rank - step) % cp
             recv, reqs = _exchange(kv, group) if step < cp - 1 else (None, [])
             k_doc = None if doc is None else doc[:, positions[src]]
-            o, l = block_attention(q, kv[0], kv[1], q_pos, positions[src], q_doc, k_doc, scale, window=window)
+            o, l = block_attention(q, kv[0], kv[1], q_pos, positions[src], q_doc, k_doc, scale, window=window,
+                                   mask_key=("ring", cp, rank, src), mask_doc=doc)
             out, lse = (o, l) if out is None else merge_attention(out, lse, o, l)
             _wait(reqs)
             kv = recv
@@ -163,7 +165,8 @@ class _RingAttention(torch.autograd.Function):
             k_doc = None if doc is None else doc[:, positions[src]]
             with torch.enable_grad():
                 qd, kd, vd = (t.detach().requires_grad_() for t in (q, kv[0], kv[1]))
-                o, l = block_attention(qd, kd, vd, q_pos, positions[src], q_doc, k_doc, scale, window=ctx.window)
+                o, l = block_attention(qd, kd, vd, q_pos, positions[src], q_doc, k_doc, scale, window=ctx.window,
+                                       mask_key=("ring", cp, rank, src), mask_doc=doc)
                 # out = sum_i w_i o_i with w_i = exp(lse_i - lse): d o_i = w_i g, d lse_i = w_i <g, o_i - out>
                 w = torch.where(torch.isfinite(l) & torch.isfinite(lse), torch.exp(l.detach() - lse_safe),
                                 torch.zeros_like(lse))

@@ -162,8 +162,10 @@ class MegamidCoreAttention(MegatronModule):
             raise ConfigError(f"model.attention_dropout={dropout}: FlexAttention (packed documents on GPU) "
                               "has no dropout; set it to 0")
         # GPU, packed documents or a sliding window: FlexAttention's block-sparse mask skips what is masked
+        # one mask per micro-batch (its document ids), reused by every layer
         pos = torch.arange(q.shape[2], device=q.device)
-        out, _ = block_attention(q, k, v, pos, pos, doc, doc, self.softmax_scale, window=window)
+        out, _ = block_attention(q, k, v, pos, pos, doc, doc, self.softmax_scale, window=window,
+                                 mask_key=("local",), mask_doc=doc)
         return out.to(q.dtype)
 
     def _rng(self):

@@ -110,6 +110,8 @@ def _compiled_flex():
 
 def flex_block_mask(q_pos: Tensor, k_pos: Tensor, q_doc: Tensor | None, k_doc: Tensor | None, batch: int,
                     window: int | None = None):
+    """create_block_mask over the mask function (dense evaluation, S x S booleans): the plain twin of
+    megamid.attention.block_mask.sparse_block_mask, for tests and benchmarks."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     def causal(qi, ki):
@@ -130,18 +132,28 @@ def flex_block_mask(q_pos: Tensor, k_pos: Tensor, q_doc: Tensor | None, k_doc: T
 
 def block_attention(q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor, k_pos: Tensor, q_doc: Tensor | None = None,
                     k_doc: Tensor | None = None, scale: float | None = None, block_mask=None,
-                    window: int | None = None) -> tuple[Tensor, Tensor]:
+                    window: int | None = None, mask_key: tuple | None = None,
+                    mask_doc: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(out [b, hq, sq, d], lse [b, hq, sq]) of q against the block k, v [b, hk, sk, d], both float32
     (float64 for float64 inputs on CPU).
 
     q_pos [sq], k_pos [sk]: global token positions (a key is seen at or before its query);
     q_doc [b, sq], k_doc [b, sk]: document ids, or None for one document per row. window: a sliding
     window (see `allowed`). block_mask: a precomputed FlexAttention mask for these positions, document
-    ids and window (GPU; built here when None)."""
+    ids and window (GPU; built here when None, from block extremes: megamid.attention.block_mask);
+    mask_key, mask_doc: build it once per micro-batch (`mask_doc`, its document ids) and `mask_key` (what
+    fixes the positions, e.g. the CP rank pair) and reuse it in every layer."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if q.is_cuda:
         if block_mask is None:
-            block_mask = flex_block_mask(q_pos, k_pos, q_doc, k_doc, q.shape[0], window)
+            from megamid.attention.block_mask import cached_block_mask, key_bucket, pad_keys, sparse_block_mask
+
+            if mask_key is None:
+                # uncached calls have varying key lengths (a growing KV cache): pad to a bucket, compile once per bucket
+                k, v, k_pos, k_doc = pad_keys(k, v, k_pos, k_doc, key_bucket(k.shape[2]))
+                block_mask = sparse_block_mask(q_pos, k_pos, q_doc, k_doc, q.shape[0], window)
+            else:
+                block_mask = cached_block_mask(q_pos, k_pos, q_doc, k_doc, q.shape[0], window, mask_key, mask_doc)
         out, lse = _compiled_flex()(q, k, v, block_mask=block_mask, scale=scale,
                                     enable_gqa=q.shape[1] != k.shape[1], return_lse=True)
         return out.float(), lse.float()

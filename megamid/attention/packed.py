@@ -24,14 +24,20 @@ class DocumentPackedSeqParams(PackedSeqParams):
 def packed_seq_params(batch: dict, cp_size: int = 1, attention: str = "megamid"):
     """DocumentPackedSeqParams for a (possibly CP-sharded) micro-batch with `cu_seqlens`, else None.
 
-    `attention` is the model's resolved backend. Raises under Transformer Engine attention, whose document
-    masking needs the thd layout."""
+    `attention` is the model's resolved backend. Under Transformer Engine attention: the thd PackedSeqParams
+    that megamid.attention.thd.thd_batch put on the micro-batch (it replaces shard_batch there: TE shards
+    every document, not the rows)."""
+    if batch.get("packed_seq_params") is not None:
+        return batch["packed_seq_params"]
     cu = batch.get("cu_seqlens")
     if cu is None:
         return None
     if attention == "te":
-        raise NotImplementedError("packed documents (data.pack: true) with Transformer Engine attention need the "
-                                  "thd layout, which megamid does not build yet: set MEGAMID_ATTENTION=megamid")
+        from megamid.config.base import ConfigError
+
+        raise ConfigError("packed documents (data.pack: true) under Transformer Engine attention take the thd "
+                          "layout: prepare the micro-batch with megamid.attention.thd.thd_batch in place of "
+                          "shard_batch (or set MEGAMID_ATTENTION=megamid)")
     if attention == "megatron":
         raise NotImplementedError("megatron's DotProductAttention cannot mask documents (data.pack: true): "
                                   "unset MEGAMID_ATTENTION or set it to megamid")

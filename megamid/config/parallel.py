@@ -5,6 +5,8 @@ from typing import Optional
 
 from megamid.config.base import ConfigError, check_choice, check_positive, fail
 
+CP_COMMS = ("allgather", "ring", "p2p", "a2a", "a2a+p2p")
+
 
 @dataclass(frozen=True)
 class ParallelConfig:
@@ -12,7 +14,9 @@ class ParallelConfig:
     pipeline_model_parallel_size: int = 1
     virtual_pipeline_model_parallel_size: Optional[int] = None   # model chunks per pipeline rank (interleaved 1F1B)
     context_parallel_size: int = 1
-    cp_comm: str = "allgather"                                   # allgather | ring (megamid attention without TE)
+    # allgather | ring (= p2p): megamid's attention and TE's; a2a | a2a+p2p: TE's attention only
+    cp_comm: str = "allgather"
+    cp_a2a_size: Optional[int] = None                            # a2a+p2p: the all-to-all group inside CP
     use_distributed_optimizer: bool = False
     sequence_parallel: bool = False
 
@@ -25,13 +29,30 @@ class ParallelConfig:
             if self.pipeline_model_parallel_size < 2 and vpp > 1:
                 fail("parallel.virtual_pipeline_model_parallel_size", vpp,
                      "interleaving needs parallel.pipeline_model_parallel_size >= 2 (or leave it null)")
-        check_choice("parallel.cp_comm", self.cp_comm, ("allgather", "ring"))
+        check_choice("parallel.cp_comm", self.cp_comm, CP_COMMS)
+        cp, inner = self.context_parallel_size, self.cp_a2a_size
+        if inner is not None:
+            check_positive("parallel.cp_a2a_size", inner)
+            if self.cp_comm != "a2a+p2p":
+                fail("parallel.cp_a2a_size", inner, "only cp_comm: a2a+p2p splits CP into groups (or leave it null)")
+            if cp > 1 and (inner < 2 or inner >= cp or cp % inner):
+                fail("parallel.cp_a2a_size", inner, f"a divisor of context_parallel_size={cp} between 2 and {cp // 2}")
+        elif self.cp_comm == "a2a+p2p" and cp > 1:
+            fail("parallel.cp_a2a_size", None, f"cp_comm a2a+p2p needs the all-to-all group size, a divisor of "
+                 f"context_parallel_size={cp} between 2 and {cp // 2} (p2p runs across the groups)")
         if self.sequence_parallel and self.tensor_model_parallel_size == 1:
             fail("parallel.sequence_parallel", True, "needs parallel.tensor_model_parallel_size > 1")
 
     @property
     def model_parallel_size(self) -> int:
         return self.tensor_model_parallel_size * self.pipeline_model_parallel_size * self.context_parallel_size
+
+    @property
+    def hierarchical_context_parallel_sizes(self) -> Optional[list]:
+        """megatron's [a2a size, p2p size] for cp_comm a2a+p2p, else None."""
+        if self.cp_comm != "a2a+p2p" or self.context_parallel_size == 1:
+            return None
+        return [self.cp_a2a_size, self.context_parallel_size // self.cp_a2a_size]
 
     @property
     def num_model_chunks(self) -> int:

@@ -11,7 +11,6 @@ import os
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 
 from megamid.attention import attention_backend, describe_attention
 from megamid.config.base import ConfigError
@@ -58,64 +57,28 @@ def resolve_backends(environ=None, te: bool = None) -> ModelBackends:
     return ModelBackends(spec, attention_backend(environ.get("MEGAMID_ATTENTION", "auto"), spec))
 
 
-def transformer_config(model: ModelConfig, parallel: ParallelConfig, recompute: str = "none"):
+def apex_kernels() -> bool:
+    """apex's fused_weight_gradient_mlp_cuda is importable (NGC images): megatron's gradient-accumulation
+    fusion and masked-softmax kernels can be on."""
+    try:
+        import fused_weight_gradient_mlp_cuda  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def transformer_config(model: ModelConfig, parallel: ParallelConfig, recompute="none", fp8=None,
+                       backends: ModelBackends = None):
+    """megatron's TransformerConfig for this process's device and `backends` (default: resolve_backends());
+    fusions on with CUDA, see engine_config."""
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    from megamid.attention import CP_COMM_TYPE
+    from megamid.model.engine_config import engine_kwargs
 
-    dtype = model.torch_dtype
-    on_cpu = not torch.cuda.is_available()
-    kwargs = dict(
-        num_layers=model.num_layers,
-        hidden_size=model.hidden_size,
-        ffn_hidden_size=model.ffn_size,
-        num_attention_heads=model.num_attention_heads,
-        num_query_groups=model.query_groups,
-        kv_channels=model.head_dim,
-        tensor_model_parallel_size=parallel.tensor_model_parallel_size,
-        pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
-        virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
-        context_parallel_size=parallel.context_parallel_size,
-        cp_comm_type=CP_COMM_TYPE[parallel.cp_comm],   # read by TE's and megamid's attention alike
-        sequence_parallel=parallel.sequence_parallel,
-        normalization=model.normalization,
-        layernorm_epsilon=model.norm_epsilon,
-        gated_linear_unit=model.activation == "swiglu",
-        activation_func=F.silu if model.activation == "swiglu" else F.gelu,
-        add_bias_linear=model.add_bias_linear,
-        add_qkv_bias=model.add_qkv_bias,
-        qk_layernorm=model.qk_layernorm,
-        # (left, right) as TE and megamid's attention read it: the window - 1 keys before each query
-        window_size=None if model.sliding_window is None else (model.sliding_window - 1, 0),
-        init_method_std=model.init_method_std,
-        attention_dropout=model.attention_dropout,
-        hidden_dropout=model.hidden_dropout,
-        bf16=model.dtype == "bf16",
-        fp16=model.dtype == "fp16",
-        params_dtype=dtype,
-        pipeline_dtype=dtype,
-        autocast_dtype=dtype,
-        # Same initial weights at every TP size (the full matrix is initialised, then split).
-        use_cpu_initialization=on_cpu,
-        # Loss is summed over tokens and divided by the global token count: exact across DP/micro-batches.
-        calculate_per_token_loss=True,
-        bias_activation_fusion=False,
-        masked_softmax_fusion=False,
-        persist_layer_norm=False,
-        gradient_accumulation_fusion=False,
-        apply_rope_fusion=False,
-        bias_dropout_fusion=False,
-        cross_entropy_loss_fusion=False,
-        deallocate_pipeline_outputs=True,
-        # Batched isend/irecv pairs mismatch over gloo under interleaved 1F1B (micro-batches 3+
-        # differ from PP=1); ordered point-to-point gives exact results.
-        batch_p2p_comm=False,
-    )
-    if recompute == "full":
-        kwargs.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
-    elif recompute == "selective":
-        kwargs.update(recompute_granularity="selective")
-    return TransformerConfig(**kwargs)
+    cuda = torch.cuda.is_available()
+    backends = resolve_backends() if backends is None else backends
+    return TransformerConfig(**engine_kwargs(model, parallel, recompute, fp8, cuda=cuda,
+                                             te=cuda and backends.spec == "te", apex=cuda and apex_kernels()))
 
 
 def layer_spec(model: ModelConfig, backends: ModelBackends):
@@ -133,8 +96,8 @@ def layer_spec(model: ModelConfig, backends: ModelBackends):
     return with_core_attention(spec, backends.attention)
 
 
-def build_gpt_chunks(model: ModelConfig, parallel: ParallelConfig, recompute: str = "none",
-                     backends: ModelBackends = None) -> list:
+def build_gpt_chunks(model: ModelConfig, parallel: ParallelConfig, recompute="none", backends: ModelBackends = None,
+                     fp8=None) -> list:
     """The GPTModel chunks this rank holds (one per virtual pipeline stage), unwrapped, on device, built
     with `backends` (default: resolve_backends()). Each chunk's GPTModel carries `.backends`.
 
@@ -145,8 +108,8 @@ def build_gpt_chunks(model: ModelConfig, parallel: ParallelConfig, recompute: st
     from megamid.platform import device
 
     check_layout(model, parallel)
-    config = transformer_config(model, parallel, recompute)
     backends = resolve_backends() if backends is None else backends
+    config = transformer_config(model, parallel, recompute, fp8, backends)
     spec = layer_spec(model, backends)
     rope = dict(model.rope)
     chunks = []
@@ -211,15 +174,16 @@ def set_rope(gpt, rope: dict) -> None:
         install_rotary_embedding(gpt, scaling)
 
 
-def wrap_ddp(chunks: list, parallel: ParallelConfig) -> list:
+def wrap_ddp(chunks: list, parallel: ParallelConfig, fp8=None, overlap_param_gather: bool = False) -> list:
+    """Megatron DDP around each chunk (engine_config.ddp_kwargs: grad-reduce overlap on CUDA). The
+    param-gather overlap stays off unless asked for: its caller must engine_config.force_param_sync
+    before every save and eval, and give the optimizer the same setting."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
-    ddp_config = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True,
-        overlap_grad_reduce=False,
-        use_distributed_optimizer=parallel.use_distributed_optimizer,
-        check_for_nan_in_grad=False,
-    )
+    from megamid.model.engine_config import ddp_kwargs
+
+    ddp_config = DistributedDataParallelConfig(**ddp_kwargs(parallel, fp8, cuda=torch.cuda.is_available(),
+                                                            overlap_param_gather=overlap_param_gather))
     wrapped = []
     for i, chunk in enumerate(chunks):
         config = unwrap(chunk).config

@@ -28,6 +28,7 @@ class Layout:
     pipeline_model_parallel_size: int = 1
     virtual_pipeline_model_parallel_size: int | None = None
     context_parallel_size: int = 1
+    hierarchical_context_parallel_sizes: tuple | None = None   # TE's a2a+p2p CP: (all-to-all size, ring size)
 
 
 def device() -> torch.device:
@@ -80,6 +81,9 @@ def init_model_parallel(layout: Layout) -> None:
         pipeline_model_parallel_size=layout.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=layout.virtual_pipeline_model_parallel_size,
         context_parallel_size=layout.context_parallel_size,
+        # TE's a2a+p2p context parallelism: [all-to-all group, ring across groups] (None otherwise)
+        hierarchical_context_parallel_sizes=(list(layout.hierarchical_context_parallel_sizes)
+                                             if layout.hierarchical_context_parallel_sizes else None),
     )
 
 

@@ -62,3 +62,10 @@ def test_layer_spec_core_attention():
     assert core(layer_spec(model, ModelBackends("local", "megamid"))) is MegamidCoreAttention
     assert core(layer_spec(model, ModelBackends("local", "megatron"))) is DotProductAttention
     assert with_core_attention("spec", "te") == "spec"
+
+
+def test_describe_attention_names_te_cp_types():
+    line = describe_attention(ParallelConfig(context_parallel_size=4, cp_comm="a2a"), "te")
+    assert "a2a: all-to-all over heads" in line and line.endswith("cp_comm_type=a2a")
+    line = describe_attention(ParallelConfig(context_parallel_size=4, cp_comm="a2a+p2p", cp_a2a_size=2), "te")
+    assert "all-to-all inside groups, ring across" in line and line.endswith("cp_comm_type=a2a+p2p")
