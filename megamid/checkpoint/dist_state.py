@@ -294,10 +294,11 @@ def load_checkpoint(path: str, chunks: list, optimizer, use_distributed_optimize
     """Loads a checkpoint into model chunks (and optimizer). Returns megamid.json's content.
 
     The manifest is verified first (CheckpointError naming the bad file). Any TP/PP/DP layout can load
-    any other (dist_checkpointing reshards); RNG state is restored only when the layout is the same."""
-    from megatron.core import dist_checkpointing
-
+    any other (dist_checkpointing reshards); RNG state is restored only when the layout is the same. Only
+    Transformer Engine's `_extra_state` entries may be absent on one side (a checkpoint saved with the
+    local spec loaded under TE, or the reverse); any other missing weight fails, named."""
     from megamid.model import unwrap
+    from megamid.model.state_keys import load_model_state, load_sharded_tolerant
 
     verify_collective(path)
     meta = read_state(path)
@@ -310,9 +311,9 @@ def load_checkpoint(path: str, chunks: list, optimizer, use_distributed_optimize
             sharded, is_loading=True, metadata=_optimizer_metadata(use_distributed_optimizer))
     if same_layout:
         sharded["rng_state"] = _rng_object()
-    loaded = dist_checkpointing.load(sharded, path, sharded_strategy=_load_strategy(path))
+    loaded = load_sharded_tolerant(sharded, path, sharded_strategy=_load_strategy(path))
     for i, c in enumerate(chunks):
-        unwrap(c).load_state_dict(loaded["model" if len(chunks) == 1 else f"model{i}"])
+        load_model_state(unwrap(c), loaded["model" if len(chunks) == 1 else f"model{i}"], f"checkpoint {path}")
     if load_optimizer:
         # Mixed-precision optimizers restore their fp32 main params from the checkpoint itself.
         with torch.no_grad():

@@ -7,11 +7,13 @@ other (typed PhasePlans) and reports every cross-field problem at once.
 """
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from megamid.config.base import check_choice, check_positive, fail
+from megamid.config.fp8 import Fp8Config
 from megamid.config.model import ModelConfig
 from megamid.config.parallel import ParallelConfig
+from megamid.config.recompute import RecomputeConfig
 from megamid.config.training import CheckpointConfig, TrainingConfig
 
 
@@ -32,6 +34,8 @@ class PhaseConfig:
     optimizer_state: str = "carry"        # carry | reset (fresh Adam moments at the phase start)
     save_interval: Optional[int] = None
     eval: Optional[dict] = None
+    recompute: Any = None                 # none | selective | full | {granularity, modules, method, num_layers}
+    fp8: Optional[Any] = None             # null (BF16) | true | {format, recipe, amax_history_len, ...}
 
     def __post_init__(self):
         if not self.name or not isinstance(self.name, str):
@@ -42,6 +46,8 @@ class PhaseConfig:
             if getattr(self, key) is not None:
                 check_positive(f"phases[{self.name}].{key}", getattr(self, key))
         check_choice(f"phases[{self.name}].optimizer_state", self.optimizer_state, ("carry", "reset"))
+        RecomputeConfig.from_value(self.recompute, f"phases[{self.name}].recompute")
+        Fp8Config.from_value(self.fp8, f"phases[{self.name}].fp8")
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,12 @@ from megamid.config.training import TrainingConfig
 
 
 def build_optimizer(chunks: list, model: ModelConfig, parallel: ParallelConfig, training: TrainingConfig,
-                    peak_lr: float):
+                    peak_lr: float, engine: dict = None):
+    """megatron's optimizer over `chunks`; `engine`: the OptimizerConfig fields that follow the layout and
+    FP8 settings (megamid.model.engine_config.optimizer_kwargs), overriding the plain ones."""
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
-    config = OptimizerConfig(
+    config = dict(
         optimizer="adam",
         lr=peak_lr,
         min_lr=0.0,
@@ -24,7 +26,7 @@ def build_optimizer(chunks: list, model: ModelConfig, parallel: ParallelConfig, 
         initial_loss_scale=2.0 ** 16 if model.dtype == "fp16" else None,
         use_distributed_optimizer=parallel.use_distributed_optimizer,
     )
-    return get_megatron_optimizer(config, chunks)
+    return get_megatron_optimizer(OptimizerConfig(**{**config, **(engine or {})}), chunks)
 
 
 def set_lr(optimizer, lr: float, weight_decay: float) -> None:

@@ -4,8 +4,8 @@
     problems = hardware_problems(plan, "h100-80gb")    # phases that do not fit; FP8 without TE / FP8 GPU; MXFP8 off Blackwell
 
 The estimate is megamid.recipe.memory's (its docstring holds the formulas); `megamid plan --gpu NAME`
-prints this table under the phase table. A phase's recompute is its `recompute` (once phases carry one)
-or `training.recompute`; its FP8 settings its `fp8` (None: BF16).
+prints this table under the phase table. A phase's recompute is its `recompute` (else `training.recompute`),
+its FP8 settings its `fp8` (None: BF16), both resolved by the plan.
 """
 
 from __future__ import annotations
@@ -20,17 +20,6 @@ from megamid.recipe.memory import GIB, MemoryEstimate, estimate_memory
 
 # TE's context-parallel communication types; megamid's own attention runs allgather and ring (p2p) only.
 TE_ONLY_CP_COMM = ("a2a", "a2a+p2p")
-
-
-def phase_recompute(phase) -> RecomputeConfig:
-    value = getattr(phase, "recompute", None)
-    if value is None:
-        value = phase.training.recompute
-    return RecomputeConfig.from_value(value, f"phases[{phase.name}].recompute")
-
-
-def phase_fp8(phase) -> Optional[Fp8Config]:
-    return Fp8Config.from_value(getattr(phase, "fp8", None), f"phases[{phase.name}].fp8")
 
 
 @dataclass(frozen=True)
@@ -54,13 +43,13 @@ def phase_memory(plan, gpu, te: bool = True) -> list:
     model = plan.recipe.model
     rows = []
     for row in plan.phases:
-        phase, t = row.phase, row.phase.training
+        t = row.training
         dp = max(row.data_parallel_size, 1)
-        estimate = estimate_memory(model, phase.parallel, seq_len=t.seq_len, micro_batch_size=t.micro_batch_size,
+        estimate = estimate_memory(model, row.parallel, seq_len=t.seq_len, micro_batch_size=t.micro_batch_size,
                                    num_microbatches=max(t.global_batch_size // (t.micro_batch_size * dp), 1),
-                                   data_parallel_size=dp, recompute=phase_recompute(phase), fp8=phase_fp8(phase),
+                                   data_parallel_size=dp, recompute=row.recompute, fp8=row.fp8,
                                    flash_attention=True, cross_entropy_fusion=True)
-        rows.append(PhaseMemory(row.name, row.layout, phase_recompute(phase), phase_fp8(phase), estimate, spec))
+        rows.append(PhaseMemory(row.name, row.layout, row.recompute, row.fp8, estimate, spec))
     return rows
 
 
@@ -85,7 +74,7 @@ def hardware_problems(plan, gpu, te: bool = True) -> list:
         mixed = fp8_recompute_problem(fp8, memory.recompute)
         if mixed:
             problems.append(f"{where}: {mixed}")
-        parallel = row.phase.parallel
+        parallel = row.parallel
         if parallel.context_parallel_size > 1 and parallel.cp_comm in TE_ONLY_CP_COMM and not te:
             problems.append(f"{where}.parallel.cp_comm={parallel.cp_comm!r} is invalid without Transformer Engine: "
                             "megamid's attention runs allgather or ring")

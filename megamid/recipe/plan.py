@@ -18,6 +18,8 @@ from typing import Optional
 
 from megamid.config import ConfigError, EvalConfig, ParallelConfig, RecipeConfig, TrainingConfig, build, to_dict
 from megamid.config.data import DataConfig
+from megamid.config.fp8 import Fp8Config
+from megamid.config.recompute import RecomputeConfig
 from megamid.config.parallel import check_layout
 from megamid.data.mixture_plan import knot_shares, stream_names
 from megamid.optim.schedules import LRSchedule, lr_at
@@ -41,6 +43,8 @@ class PhasePlan:
     optimizer_state: str
     save_interval: Optional[int]
     eval: Optional[EvalConfig]
+    recompute: RecomputeConfig = RecomputeConfig()
+    fp8: Optional[Fp8Config] = None      # None: BF16 (or the model's dtype)
     budget_tokens: Optional[int] = None  # `tokens:` as written (steps round it up)
     start_tokens: int = 0                # cumulative tokens before this phase
     data_parallel_size: int = 0          # at the plan's world size (0: the layout does not fit it)
@@ -60,6 +64,11 @@ class PhasePlan:
     @property
     def tokens(self) -> int:
         return self.steps * self.tokens_per_step
+
+    @property
+    def engine(self) -> tuple:
+        """What the model is built for: a change between phases rebuilds it (and reloads the weights)."""
+        return self.parallel, self.recompute, self.fp8
 
     @property
     def eval_interval(self) -> Optional[int]:
@@ -134,9 +143,12 @@ def _resolve_phase(recipe: RecipeConfig, i: int, spec) -> PhasePlan:
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     eval_cfg = EvalConfig.from_mapping(spec.name, spec.eval) if spec.eval is not None else None
+    recompute = RecomputeConfig.from_value(spec.recompute if spec.recompute is not None else training.recompute,
+                                           f"{where}.recompute" if spec.recompute is not None else "training.recompute")
+    fp8 = Fp8Config.from_value(spec.fp8, f"{where}.fp8")
     return PhasePlan(i, spec.name, where, steps, training, parallel, rope, rope_scaling, data, lr,
                      spec.optimizer_state, spec.save_interval or recipe.checkpoint.save_interval, eval_cfg,
-                     budget_tokens=spec.tokens)
+                     recompute=recompute, fp8=fp8, budget_tokens=spec.tokens)
 
 
 def rope_scaling_for(model, rope: dict, where: str) -> RopeScaling:

@@ -82,10 +82,11 @@ class Trainer:
 
     # ---- set-up -------------------------------------------------------------------------------
     def _setup(self, phase) -> None:
-        """Model under the phase's layout (built once per layout) and an optimizer for it."""
-        if self.runner.build(phase.parallel, phase.training, phase.training.seed):
+        """Model for the phase's engine (layout, recompute, FP8; built when it changes) and an optimizer."""
+        if self.runner.build(phase):
             self._rope = self.recipe.model.rope
             self.log(self.backends.describe(phase.parallel))
+            self.log(self.runner.describe_engine())
             self._build_optimizer(phase)
 
     def _build_optimizer(self, phase) -> None:
@@ -172,10 +173,10 @@ class Trainer:
 
     def _enter_phase(self, phase, previous, resume, start_step: int) -> None:
         """Model, optimizer, rope and LR for `phase`: resumed, carried from `previous`, or from `base`."""
-        layout_changes = previous is not None and self.runner.layout is not None and previous.parallel != phase.parallel
-        if layout_changes:
-            # Rebuild under the new layout and reload the previous phase's final weights: dist_checkpointing
-            # reshards them (and the optimizer state, unless this phase resets it).
+        engine_changes = previous is not None and self.runner.engine is not None and previous.engine != phase.engine
+        if engine_changes:
+            # Rebuild under the new layout (or recompute / FP8 settings) and reload the previous phase's final
+            # weights: dist_checkpointing reshards them (and the optimizer state, unless this phase resets it).
             path = self.last_save[0] if self.last_save and self.last_save[1] == previous.name else None
             if path is None:
                 path = self._save(previous, previous.steps, self.global_step)
@@ -269,7 +270,8 @@ class Trainer:
                 launched += 1
                 t0 = time.perf_counter()
                 lr = lr_at(schedule, step, phase.steps)
-                batches = self.runner.micro_batches(samples, phase.training, phase.parallel.context_parallel_size, step)
+                batches = self.runner.micro_batches(samples, phase.training, phase.parallel.context_parallel_size, step,
+                                                    phase.parallel.sequence_parallel)
                 metrics = self.runner.step(batches, lr, phase.training, samples.names)
                 self.last_lr = lr
                 self.global_step += 1

@@ -47,8 +47,10 @@ def _forward_step(data_iterator, model, num_sources: int = 1, attention: str = "
 
 
 def layout_of(parallel) -> Layout:
+    sizes = parallel.hierarchical_context_parallel_sizes
     return Layout(parallel.tensor_model_parallel_size, parallel.pipeline_model_parallel_size,
-                  parallel.virtual_pipeline_model_parallel_size, parallel.context_parallel_size)
+                  parallel.virtual_pipeline_model_parallel_size, parallel.context_parallel_size,
+                  tuple(sizes) if sizes else None)
 
 
 class StepRunner:
@@ -56,29 +58,43 @@ class StepRunner:
 
     def __init__(self, model_cfg, backends):
         self.model_cfg, self.backends = model_cfg, backends
-        self.chunks = self.optimizer = self.layout = None
+        self.chunks = self.optimizer = self.layout = self.engine = None
         self.noise_scale = GradientNoiseScale()
 
     # ---- set-up -------------------------------------------------------------------------------
-    def build(self, parallel, training, seed: int) -> bool:
-        """(Re)builds model and process groups for `parallel` unless they already match; True if built.
-        The optimizer is built separately (build_optimizer) once the phase's LR is known."""
-        layout = layout_of(parallel)
-        if layout == self.layout:
+    def build(self, phase) -> bool:
+        """(Re)builds process groups and model for the phase's engine (layout, recompute, FP8) unless they
+        already match; True if built. The optimizer is built separately (build_optimizer) once the phase's
+        LR is known."""
+        if phase.engine == self.engine:
             return False
         from megamid.model import build_gpt_chunks, wrap_ddp
 
-        init_model_parallel(layout)
-        set_seed(seed)
-        self.chunks = wrap_ddp(build_gpt_chunks(self.model_cfg, parallel, training.recompute, self.backends), parallel)
-        self.layout = layout
+        parallel = phase.parallel
+        layout = layout_of(parallel)
+        if layout != self.layout:
+            init_model_parallel(layout)
+        set_seed(phase.training.seed)
+        chunks = build_gpt_chunks(self.model_cfg, parallel, phase.recompute, self.backends, phase.fp8)
+        self.chunks = wrap_ddp(chunks, parallel, phase.fp8)
+        self.layout, self.engine, self.fp8 = layout, phase.engine, phase.fp8
         self.optimizer = None
         return True
 
-    def build_optimizer(self, parallel, training, peak_lr: float) -> None:
+    def describe_engine(self) -> str:
         from megamid.model import unwrap
+        from megamid.model.engine_config import describe_engine
 
-        self.optimizer = build_optimizer(self.chunks, self.model_cfg, parallel, training, peak_lr)
+        return describe_engine(unwrap(self.chunks[0]).config, getattr(self.chunks[0], "ddp_config", None))
+
+    def build_optimizer(self, parallel, training, peak_lr: float) -> None:
+        import torch
+
+        from megamid.model import unwrap
+        from megamid.model.engine_config import optimizer_kwargs
+
+        engine = optimizer_kwargs(parallel, self.fp8, cuda=torch.cuda.is_available(), overlap_param_gather=False)
+        self.optimizer = build_optimizer(self.chunks, self.model_cfg, parallel, training, peak_lr, engine)
         config = unwrap(self.chunks[0]).config
         config.grad_scale_func = self.optimizer.scale_loss
         config.finalize_model_grads_func = self._finalize_grads
@@ -100,7 +116,7 @@ class StepRunner:
         for chunk in self.chunks:
             unwrap(chunk).rope_seq_len = seq_len if context_parallel > 1 else None
 
-    def micro_batches(self, samples, training, context_parallel: int, step: int) -> list:
+    def micro_batches(self, samples, training, context_parallel: int, step: int, sequence_parallel: bool = False) -> list:
         from megatron.core import parallel_state as ps
 
         dp, rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
@@ -110,7 +126,14 @@ class StepRunner:
         for m in range(per_rank // training.micro_batch_size):
             batch = samples.get_batch(start + m * training.micro_batch_size, training.micro_batch_size)
             batch = {k: v.to(device()) for k, v in batch.items()}
-            if context_parallel > 1:
+            if self.backends.attention == "te" and "cu_seqlens" in batch:
+                # TE masks packed documents in the thd layout and shards every document across CP itself
+                from megamid.attention.thd import thd_batch
+
+                batch, batch["packed_seq_params"] = thd_batch(
+                    batch, ps.get_context_parallel_world_size(), ps.get_context_parallel_rank(),
+                    ps.get_tensor_model_parallel_world_size(), sequence_parallel)
+            elif context_parallel > 1:
                 from megamid.attention.context_parallel import shard_batch
 
                 batch = shard_batch(batch, ps.get_context_parallel_world_size(), ps.get_context_parallel_rank())
