@@ -98,18 +98,19 @@ def child(spec_path: str) -> int:
     import torch
     import yaml
 
-    from megamid.config import build, RecipeConfig
+    from megamid.config import RecipeConfig, build
     from megamid.platform import shutdown
+    from megamid.recipe import plan_recipe
     from megamid.train.loop import Trainer
 
     with open(spec_path) as f:
         spec = json.load(f)
-    recipe = build(RecipeConfig, spec["recipe"])
+    plan = plan_recipe(build(RecipeConfig, spec["recipe"]), world_size=1)
     cuda = torch.cuda.is_available()   # (the CPU test of this function runs without)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     try:
-        result = Trainer(recipe, exit_after_steps=spec.get("exit_after_steps")).run()
+        result = Trainer(plan, exit_after_steps=spec.get("exit_after_steps")).run()
     finally:
         shutdown()
     keep = ("step", "global_step", "loss", "tokens_per_s", "tflops_per_device", "mfu")

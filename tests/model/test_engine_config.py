@@ -11,7 +11,7 @@ from megamid.config import ConfigError, ModelConfig, ParallelConfig, load_recipe
 from megamid.config.recompute import RecomputeConfig
 from megamid.model.engine_config import (ddp_kwargs, describe_engine, engine_kwargs, force_param_sync,
                                          optimizer_kwargs)
-from megamid.recipe.fit import phase_fp8, phase_recompute
+from megamid.recipe import load_plan
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 megatron = pytest.importorskip("megatron.core")
@@ -160,18 +160,18 @@ def test_describe_engine_lines():
 
 @pytest.mark.parametrize("recipe", ["examples/tiny_cpu/recipe.yaml", "examples/llama3_8b_128k/recipe.yaml"])
 def test_example_recipes_map_onto_megatron_configs(recipe):
-    plan_recipe = load_recipe(f"{ROOT}/{recipe}")
-    for phase in plan_recipe.resolved_phases():
+    plan = load_plan(f"{ROOT}/{recipe}", check_files=False)
+    for phase in plan.phases:
         for cuda in (False, True):
-            kwargs = engine_kwargs(plan_recipe.model, phase.parallel, phase_recompute(phase), phase_fp8(phase),
+            kwargs = engine_kwargs(plan.recipe.model, phase.parallel, phase.recompute, phase.fp8,
                                    cuda=cuda, te=cuda, apex=cuda)
             config = build(kwargs)
             assert config.sequence_parallel == phase.parallel.sequence_parallel
             assert config.context_parallel_size == phase.parallel.context_parallel_size
             assert config.cross_entropy_loss_fusion == cuda and config.gradient_accumulation_fusion == cuda
-            expected = phase_recompute(phase).granularity
+            expected = phase.recompute.granularity
             assert config.recompute_granularity == (None if expected == "none" else expected)
-            DistributedDataParallelConfig(**ddp_kwargs(phase.parallel, phase_fp8(phase), cuda=cuda))
+            DistributedDataParallelConfig(**ddp_kwargs(phase.parallel, phase.fp8, cuda=cuda))
 
 
 class FakeChunk:

@@ -26,8 +26,8 @@ def test_every_phase_fits_on_h100(recipe, world):
 
 
 def test_eight_gpu_variant_uses_full_recompute_and_needs_it():
-    recipe = load_recipe(EIGHT)
-    assert all(p.training.recompute == "full" for p in recipe.resolved_phases())
+    plan = plan_recipe(load_recipe(EIGHT), world_size=8, check_files=False)
+    assert all(p.recompute.granularity == "full" for p in plan.phases)
     without = plan_recipe(load_recipe(EIGHT, ["training.recompute=selective"]), world_size=8, check_files=False)
     problems = hardware_problems(without, "h100-80gb")
     assert len(problems) == 1 and problems[0].startswith("phases[ctx128k] does not fit on h100-80gb")
@@ -36,13 +36,13 @@ def test_eight_gpu_variant_uses_full_recompute_and_needs_it():
 def test_sixty_four_gpu_variant_is_bridges_layout():
     plan = plan_recipe(load_recipe(SIXTY_FOUR), world_size=64, check_files=False)
     assert [r.layout for r in plan.phases] == ["TP1xPP1xCP2xDP32", "TP4xPP2xCP2xDP4", "TP4xPP2xCP8xDP1"]
-    assert [r.phase.parallel.sequence_parallel for r in plan.phases] == [False, True, True]
-    assert all(r.phase.training.recompute == "none" and r.phase.parallel.use_distributed_optimizer
-               for r in plan.phases)
+    assert [r.parallel.sequence_parallel for r in plan.phases] == [False, True, True]
+    assert all(r.recompute.granularity == "none" and r.parallel.use_distributed_optimizer for r in plan.phases)
     # the same phases, budgets, rope and data as the 8-GPU variant
     eight = plan_recipe(load_recipe(EIGHT), world_size=8, check_files=False)
     assert [(r.steps, r.seq_len, r.rope, r.shares_start) for r in plan.phases] == [
         (r.steps, r.seq_len, r.rope, r.shares_start) for r in eight.phases]
+    assert plan.phases[2].rope["type"] == "yarn"
 
 
 @pytest.mark.parametrize("args", [[EIGHT, "--world-size", "8"], [EIGHT, "--world-size", "64"],

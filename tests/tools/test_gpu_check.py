@@ -11,6 +11,7 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 import gpu_check  # noqa: E402
 
 from megamid.config import ModelConfig, RecipeConfig, build  # noqa: E402
+from megamid.recipe import plan_recipe  # noqa: E402
 
 
 def test_arguments():
@@ -25,11 +26,12 @@ def test_arguments():
 def test_recipes_are_valid_and_the_model_is_about_1b(tmp_path):
     recipe = gpu_check.recipe_dict("1b", 8192, 20, str(tmp_path / "ckpt"), "data/x", save_interval=10)
     config = build(RecipeConfig, recipe)
-    (phase,) = config.resolved_phases()
+    (phase,) = plan_recipe(config, world_size=1, check_files=False).phases
     assert phase.steps == 20 and phase.training.seq_len == 8192 and config.checkpoint.save_interval == 10
     assert 0.9e9 < ModelConfig(**gpu_check.MODELS["1b"]).num_parameters() < 1.1e9
     long = build(RecipeConfig, gpu_check.recipe_dict("1b", 32768, 4, "c", "d", recompute="full", global_batch_size=2))
-    assert long.training.recompute == "full" and long.resolved_phases()[0].tokens_per_step == 65536
+    (long_phase,) = plan_recipe(long, world_size=1, check_files=False).phases
+    assert long_phase.recompute.granularity == "full" and long_phase.tokens_per_step == 65536
     assert gpu_check.recipe_dict("1b", 8192, 2, "c", "d", fp8={"recipe": "tensorwise"})["phases"][0]["fp8"]
 
 
