@@ -52,10 +52,14 @@ def validate_layout(model: ModelConfig, parallel: ParallelConfig, where: str = "
                           f"={pp} x virtual={parallel.num_model_chunks}: layers must divide evenly into {stages} stages")
 
 
-def transformer_config(model: ModelConfig, parallel: ParallelConfig, recompute: str = "none"):
+def transformer_config(model: ModelConfig, parallel: ParallelConfig, recompute: str = "none",
+                       rope_fusion: str = "none"):
+    """rope_fusion: the path megamid.rope.fusion.rope_fusion_path chose ("te" folds the rope's attention
+    factor into softmax_scale and turns on TE's fused RoPE where TE is importable)."""
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     from megamid.attention import CP_COMM_TYPE
+    from megamid.rope.fusion import folded_softmax_scale
 
     dtype = model.torch_dtype
     on_cpu = not torch.cuda.is_available()
@@ -97,7 +101,10 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, recompute: 
         masked_softmax_fusion=False,
         persist_layer_norm=False,
         gradient_accumulation_fusion=False,
-        apply_rope_fusion=False,
+        # without TE (CPU tests of the fold) megatron's unfused path applies the same unscaled rotation
+        apply_rope_fusion=rope_fusion == "te" and te_available(),
+        softmax_scale=(folded_softmax_scale(model.head_dim, model.rope_scaling(model.rope, "model.rope").attention_factor)
+                       if rope_fusion == "te" else None),
         bias_dropout_fusion=False,
         cross_entropy_loss_fusion=False,
         deallocate_pipeline_outputs=True,
@@ -112,32 +119,46 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, recompute: 
     return TransformerConfig(**kwargs)
 
 
-def layer_spec(model: ModelConfig, backend: str):
+def layer_spec(model: ModelConfig, backend: str, rope_fusion: str = "none"):
     """megatron's layer spec for `backend`, its core attention picked by MEGAMID_ATTENTION (megamid's
-    SDPA/FlexAttention with context parallelism wherever TE's is not used; see megamid.attention)."""
+    SDPA/FlexAttention with context parallelism wherever TE's is not used; see megamid.attention), and
+    megamid's fused-RoPE SelfAttention where rope_fusion is "megamid"."""
     from megatron.core.models.gpt import gpt_layer_specs
 
     from megamid.attention import with_core_attention
 
     if backend == "te":
-        return with_core_attention(
+        spec = with_core_attention(
             gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=model.qk_layernorm), backend)
-    return with_core_attention(gpt_layer_specs.get_gpt_layer_local_spec(
-        normalization=model.normalization, qk_layernorm=model.qk_layernorm), backend)
+    else:
+        spec = with_core_attention(gpt_layer_specs.get_gpt_layer_local_spec(
+            normalization=model.normalization, qk_layernorm=model.qk_layernorm), backend)
+    if rope_fusion == "megamid":
+        from megamid.attention.rope_attention import with_fused_rope
+
+        spec = with_fused_rope(spec, model.rope_scaling(model.rope, "model.rope").rotary_dim)
+    return spec
 
 
-def build_gpt_chunks(model: ModelConfig, parallel: ParallelConfig, recompute: str = "none") -> list:
+def build_gpt_chunks(model: ModelConfig, parallel: ParallelConfig, recompute: str = "none",
+                     rope_fusion: str | None = None) -> list:
     """The GPTModel chunks this rank holds (one per virtual pipeline stage), unwrapped, on device.
 
-    Megatron's parallel state must be initialised for `parallel` first."""
+    rope_fusion: the RoPE path ("te" | "megamid" | "none"; default rope_fusion_path's choice for this
+    machine), kept on each GPTModel as `rope_fusion`. Megatron's parallel state must be initialised for
+    `parallel` first."""
     from megatron.core import parallel_state
     from megatron.core.transformer.module import Float16Module
 
     from megamid.platform import device
+    from megamid.rope.fusion import rope_fusion_path
 
     validate_layout(model, parallel)
-    config = transformer_config(model, parallel, recompute)
-    spec = layer_spec(model, spec_backend())
+    backend = spec_backend()
+    if rope_fusion is None:
+        rope_fusion = rope_fusion_path(model, cuda=torch.cuda.is_available(), te=backend == "te")
+    config = transformer_config(model, parallel, recompute, rope_fusion)
+    spec = layer_spec(model, backend, rope_fusion)
     rope = dict(model.rope)
     chunks = []
     for vp_stage in range(parallel.num_model_chunks):
@@ -157,7 +178,8 @@ def build_gpt_chunks(model: ModelConfig, parallel: ParallelConfig, recompute: st
             rotary_base=int(rope.get("theta", 10000)),
             vp_stage=vp,
         )
-        set_rope(gpt, model.rope)
+        set_rope(gpt, model.rope, fusion=rope_fusion)
+        gpt.rope_fusion = rope_fusion
         gpt.to(device())
         if model.dtype != "fp32":
             gpt = Float16Module(config, gpt)
@@ -184,11 +206,13 @@ def gpt_model_class():
     return _MODEL_CLASS
 
 
-def set_rope(gpt, rope: dict) -> None:
+def set_rope(gpt, rope: dict, fusion: str = "none") -> None:
     """Puts megamid's rotary embedding for `rope` (any scaling method) on a GPTModel, or switches the
     one it has to a new scaling (a phase change): every cached cos/sin table is rebuilt and the
-    attention factor is re-bound to the model's TransformerConfig."""
+    attention factor is re-bound to the model's TransformerConfig (on TE's fused path: the softmax
+    scale of every attention layer). `fusion` is used when installing; a switch keeps the model's."""
     from megamid.rope import RopeScaling
+    from megamid.rope.fusion import set_softmax_scale
     from megamid.rope.rotary_embedding import ScaledRotaryEmbedding, install_rotary_embedding
 
     gpt = unwrap(gpt)
@@ -197,7 +221,9 @@ def set_rope(gpt, rope: dict) -> None:
         gpt.rotary_pos_emb.set_scaling(scaling)
         gpt.rotary_pos_emb_cache.clear()
     else:
-        install_rotary_embedding(gpt, scaling)
+        install_rotary_embedding(gpt, scaling, fusion=fusion)
+    if gpt.rotary_pos_emb.fusion == "te":
+        set_softmax_scale(gpt, gpt.config.softmax_scale)
 
 
 def wrap_ddp(chunks: list, parallel: ParallelConfig) -> list:
