@@ -31,13 +31,16 @@ def core_scales(gpt):
 
 
 def logits(gpt, cfg, seed, grad=False):
+    """{seq_len: logits on the CPU} for the same random tokens as the HF side (inputs on the model's device)."""
+    dev = next(gpt.parameters()).device
     gen = torch.Generator().manual_seed(seed + 1)
     out = {}
     for seq in SEQ_LENS:
-        tokens = torch.randint(0, cfg.vocab_size, (2, seq), generator=gen)
-        positions = torch.arange(seq).expand(2, seq)
+        tokens = torch.randint(0, cfg.vocab_size, (2, seq), generator=gen).to(dev)
+        positions = torch.arange(seq, device=dev).expand(2, seq)
         with torch.set_grad_enabled(grad):
-            out[seq] = gpt(tokens, positions, None)
+            result = gpt(tokens, positions, None)
+        out[seq] = result if grad else result.float().cpu()
     return out
 
 
@@ -60,7 +63,7 @@ def run_case(name, spec, seed):
     base = logits(models["none"], cfg, seed)
     hf_out = base  # no HF twin for q/k norms in hf_logits_driver: compared with the unfused path only
     if name in CASES:
-        state = {k: v for k, v in models["none"].state_dict().items() if torch.is_tensor(v)}
+        state = {k: v.cpu() for k, v in models["none"].state_dict().items() if torch.is_tensor(v)}
         hf = hf_model(cfg, megatron_to_hf(state, cfg), cfg.rope)
         gen = torch.Generator().manual_seed(seed + 1)
         hf_out = {}
@@ -118,9 +121,10 @@ def thd_rotation(seed=11):
     gpt = build_gpt_chunks(cfg, ParallelConfig(), rope_fusion="megamid")[0].eval()
     randomize(gpt, seed)
     layer = gpt.decoder.layers[0].self_attention
-    cu = torch.tensor([0, 5, 17, 18, 40], dtype=torch.int32)
+    dev = next(gpt.parameters()).device
+    cu = torch.tensor([0, 5, 17, 18, 40], dtype=torch.int32, device=dev)
     packed = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=22, max_seqlen_kv=22)
-    hidden = torch.randn(40, 1, cfg.hidden_size, generator=torch.Generator().manual_seed(seed))
+    hidden = torch.randn(40, 1, cfg.hidden_size, generator=torch.Generator().manual_seed(seed)).to(dev)
     rope_inputs = gpt.rotary_pos_emb(22, packed_seq=True)
     layer._rope_call = (rope_inputs, packed)
     with torch.no_grad():

@@ -153,3 +153,19 @@ def test_a_phase_change_updates_the_scale(results):
 def test_megamid_path_gradients_and_thd(results):
     assert results["_grad_rel_diff"] < 1e-4
     assert results["_thd_max_diff"] < 1e-5
+
+
+@pytest.mark.gpu
+def test_fused_paths_on_cuda():
+    # On a GPU the same models run CUDA's kernel (megamid) and, where TE imports, TE's fused RoPE (te).
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, DRIVER, "yarn", "longrope", "longrope_partial_phi3"], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("FUSION_RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+    results = json.loads(lines[-1].removeprefix("FUSION_RESULT "))
+    for case, paths in _cases(results).items():
+        for path in ("te", "megamid"):
+            if "error" not in paths[path]:
+                assert paths[path]["vs_none"] < 1e-3, (case, path, paths[path]["vs_none"])
+    assert results["_grad_rel_diff"] < 1e-3 and results["_thd_max_diff"] < 1e-4
