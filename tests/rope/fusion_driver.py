@@ -137,21 +137,45 @@ def thd_rotation(seed=11):
                float((v - v0).abs().max()))
 
 
-def gradients(seed=7):
-    """megamid's kernel (CPU loop) in the backward pass: parameter gradients equal the unfused path's."""
+def gradients(seed=7, recompute="none"):
+    """megamid's kernel (CPU loop) in the backward pass: parameter gradients equal the unfused path's
+    (with full recompute, megatron re-runs each layer from the saved rotary_pos_emb: the packed inputs)."""
     from megamid.config import ModelConfig, ParallelConfig
     from megamid.model.builder import build_gpt_chunks
 
     cfg = ModelConfig(**BASE, **CASES["yarn"])
     grads = {}
     for path in ("none", "megamid"):
-        gpt = build_gpt_chunks(cfg, ParallelConfig(), rope_fusion=path)[0]
+        gpt = build_gpt_chunks(cfg, ParallelConfig(), recompute, rope_fusion=path)[0]
         randomize(gpt, seed)
         out = logits(gpt, cfg, seed, grad=True)
         sum(o.float().square().mean() for o in out.values()).backward()
         grads[path] = {n: p.grad.clone() for n, p in gpt.named_parameters()}
     return max(float((grads["none"][n] - grads["megamid"][n]).abs().max() / (grads["none"][n].abs().max() + 1e-30))
                for n in grads["none"])
+
+
+def bf16_errors(seed=9):
+    """bf16 models (Float16Module) with the weights of an fp32 one: each path's max logit error against
+    the fp32 model's, relative to its largest logit (megamid's kernel rounds once, megatron's path
+    rounds cos/sin and the products to bf16, so megamid's should be no larger)."""
+    from megamid.config import ModelConfig, ParallelConfig
+    from megamid.model.builder import build_gpt_chunks, unwrap
+
+    spec = dict(BASE, **CASES["longrope"])
+    fp32 = build_gpt_chunks(ModelConfig(**spec), ParallelConfig(), rope_fusion="none")[0].eval()
+    randomize(fp32, seed)
+    want = logits(fp32, ModelConfig(**spec), seed)
+    errors = {}
+    for path in ("none", "megamid"):
+        cfg = ModelConfig(**spec, dtype="bf16")
+        gpt = build_gpt_chunks(cfg, ParallelConfig(), rope_fusion=path)[0].eval()
+        with torch.no_grad():
+            for (name, p), (_, p32) in zip(unwrap(gpt).named_parameters(), fp32.named_parameters()):
+                p.copy_(p32)
+        got = logits(gpt, cfg, seed)
+        errors[path] = max(float((got[s] - want[s]).abs().max() / want[s].abs().max()) for s in SEQ_LENS)
+    return errors
 
 
 def main(names):
@@ -162,6 +186,8 @@ def main(names):
     cases = {**CASES, **EXTRA}
     results = {name: run_case(name, cases[name], seed) for seed, name in enumerate(names or cases)}
     results["_grad_rel_diff"] = gradients()
+    results["_recompute_grad_rel_diff"] = gradients(recompute="full")
+    results["_bf16_errors"] = bf16_errors()
     results["_thd_max_diff"] = thd_rotation()
     print("FUSION_RESULT " + json.dumps(results), flush=True)
     shutdown()
