@@ -243,3 +243,13 @@ def test_bad_arguments_raise_from_the_loop():
     with pytest.raises(ValueError, match="cp_size must be >= 1"):
         rope_ops._kernel_rope_qk(q, q, q.clone(), q.clone(), inv_freq, factor, "sbhd", False, None, None, 2, 5,
                                  False)
+
+
+def test_every_kernel_module_takes_the_cpu_mode(monkeypatch):
+    # MEGAMID_KERNELS is shared: the attention merge must accept "cpu" too (its C++ twin or an error)
+    from megamid.kernels import attention_merge
+
+    monkeypatch.setenv("MEGAMID_KERNELS", "cpu")
+    assert attention_merge.kernel_backend(torch.device("cpu"), torch.float32) == "cpp"
+    with pytest.raises(RuntimeError, match="MEGAMID_KERNELS=cpu"):
+        attention_merge.kernel_backend(torch.device("cpu"), torch.bfloat16)
