@@ -164,8 +164,13 @@ class ScaledRotaryEmbedding(RotaryEmbedding):
             seq_len = int(position_ids.max()) + 1 if position_ids.numel() else 1
         if self.fusion == "megamid":  # the kernel's inputs: inv_freq and positions [s, b]
             return pack_rope_inputs(self._inv_freq(seq_len), position_ids.to(_device()).t())
-        if self.fusion == "te" and position_ids.shape[0] > 1 and bool((position_ids == position_ids[:1]).all()):
-            position_ids = position_ids[:1]  # TE's fused RoPE takes one row of angles for the whole batch
+        if self.fusion == "te" and position_ids.shape[0] > 1:
+            # TE's fused RoPE takes one row of angles for the whole batch
+            if not bool((position_ids == position_ids[:1]).all()):
+                raise NotImplementedError("TE's fused RoPE (model.rope_fusion: te) takes one row of positions for "
+                                          "the whole batch; rows with their own positions (packed documents) need "
+                                          "model.rope_fusion: megamid or none")
+            position_ids = position_ids[:1]
         return self._emb(position_ids.to(_device()), seq_len).transpose(0, 1)[:, :, None, :].contiguous()
 
     def hf_cos_sin(self, position_ids: torch.Tensor, seq_len: int | None = None):

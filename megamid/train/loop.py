@@ -98,8 +98,12 @@ class Trainer:
         self.layout = layout
         self._rope = self.recipe.model.rope
         from megamid.attention import describe_attention
+        from megamid.model import unwrap
+        from megamid.rope.fusion import describe_rope_fusion
 
         self.log(describe_attention(p))
+        gpt = unwrap(self.chunks[0])
+        self.log(describe_rope_fusion(gpt.rope_fusion, gpt.rotary_pos_emb.attention_factor))
         self._build_optimizer(phase)
 
     def _build_optimizer(self, phase: Phase) -> None:
