@@ -89,10 +89,17 @@ def test_rope_inputs_round_trip_positions_as_the_kernel_sees_them():
 
 
 # ---- the models, in a subprocess per core attention ---------------------------------------------
-@pytest.fixture(scope="module", params=["megatron", "megamid"])
+# every case with megamid's core attention; megatron's DotProductAttention (the same scale attribute) on
+# a sample of them, to keep the suite's time down
+SAMPLE = ["default", "yarn", "yarn_deepseek", "longrope", "longrope_partial_phi3", "yarn_qk_layernorm"]
+
+
+@pytest.fixture(scope="module", params=["megamid", "megatron"])
 def results(request):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MEGAMID_ATTENTION": request.param}
-    proc = subprocess.run([sys.executable, DRIVER], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    cases = SAMPLE if request.param == "megatron" else []
+    proc = subprocess.run([sys.executable, DRIVER, *cases], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=300)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("FUSION_RESULT ")]
     if proc.returncode != 0 or not lines:
         raise AssertionError(f"{DRIVER} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -107,7 +114,7 @@ def _cases(results):
 
 def test_every_rope_type_gives_the_unfused_and_hf_logits_on_every_path(results):
     cases = _cases(results)
-    assert len(cases) >= 13
+    assert len(cases) >= (13 if results["_backend"] == "MegamidCoreAttention" else len(SAMPLE))
     for case, paths in cases.items():
         for path in ("none", "te", "megamid"):
             if "error" in paths[path]:
