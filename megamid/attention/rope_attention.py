@@ -76,7 +76,8 @@ class RopeFusedSelfAttention(SelfAttention):
         return (query, key, *out[2:])
 
     def _norm_between_qkv_and_rope(self) -> bool:
-        return any(norm is not None and not isinstance(norm, IdentityOp) for norm in (self.q_layernorm, self.k_layernorm))
+        norms = (self.q_layernorm, self.k_layernorm)
+        return any(norm is not None and not isinstance(norm, IdentityOp) for norm in norms)
 
     def _rope_kwargs(self, rope_inputs, packed, seq_len: int, batch: int) -> dict:
         inv_freq, positions = unpack_rope_inputs(rope_inputs, self.rotary_dim, seq_len, batch)

@@ -63,6 +63,7 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, recompute: 
 
     dtype = model.torch_dtype
     on_cpu = not torch.cuda.is_available()
+    factor = model.rope_scaling(model.rope, "model.rope").attention_factor  # folded into softmax_scale on "te"
     kwargs = dict(
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
@@ -103,8 +104,7 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, recompute: 
         gradient_accumulation_fusion=False,
         # without TE (CPU tests of the fold) megatron's unfused path applies the same unscaled rotation
         apply_rope_fusion=rope_fusion == "te" and te_available(),
-        softmax_scale=(folded_softmax_scale(model.head_dim, model.rope_scaling(model.rope, "model.rope").attention_factor)
-                       if rope_fusion == "te" else None),
+        softmax_scale=folded_softmax_scale(model.head_dim, factor) if rope_fusion == "te" else None,
         bias_dropout_fusion=False,
         cross_entropy_loss_fusion=False,
         deallocate_pipeline_outputs=True,
