@@ -156,7 +156,10 @@ def build_gpt_chunks(model: ModelConfig, parallel: ParallelConfig, recompute: st
     validate_layout(model, parallel)
     backend = spec_backend()
     if rope_fusion is None:
-        rope_fusion = rope_fusion_path(model, cuda=torch.cuda.is_available(), te=backend == "te")
+        from megamid.kernels import rope as rope_kernel
+
+        rope_fusion = rope_fusion_path(model, cuda=torch.cuda.is_available(), te=backend == "te",
+                                       kernel_built=rope_kernel._cuda is not None)
     config = transformer_config(model, parallel, recompute, rope_fusion)
     spec = layer_spec(model, backend, rope_fusion)
     rope = dict(model.rope)

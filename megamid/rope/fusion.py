@@ -12,7 +12,7 @@ Paths:
            spec: Q and K rotated in one launch from inv_freq and positions, no angle table.
   none     megatron's unfused path with precomputed angles and the factor in cos/sin.
 auto = te where TE's layer spec is used (megamid with partial rotary, where the fold is not exact),
-megamid where CUDA is present without TE, none on CPU.
+megamid where CUDA is present without TE (none where megamid._cuda is not built), none on CPU.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from megamid.config.base import ConfigError
 PATHS = ("te", "megamid", "none")
 
 
-def rope_fusion_path(model_cfg, cuda: bool, te: bool) -> str:
-    """'te', 'megamid' or 'none' for a model of `model_cfg` built with CUDA present (`cuda`) and
-    Transformer Engine's layer spec in use (`te`). A pure function of its arguments."""
+def rope_fusion_path(model_cfg, cuda: bool, te: bool, kernel_built: bool = True) -> str:
+    """'te', 'megamid' or 'none' for a model of `model_cfg` built with CUDA present (`cuda`),
+    Transformer Engine's layer spec in use (`te`) and megamid._cuda importable (`kernel_built`).
+    A pure function of its arguments."""
     choice = model_cfg.rope_fusion
     scaling = model_cfg.rope_scaling(model_cfg.rope, "model.rope")
     partial = scaling.rotary_dim != scaling.head_dim
@@ -36,7 +37,9 @@ def rope_fusion_path(model_cfg, cuda: bool, te: bool) -> str:
         if not cuda:
             return "none"
         # a later phase may bring an attention factor, which the fold cannot carry with partial rotary
-        return "te" if te and not partial else "megamid"
+        if te and not partial:
+            return "te"
+        return "megamid" if kernel_built else "none"  # without the kernel it would run the PyTorch reference
     if choice == "te":
         if not (cuda and te):
             raise ConfigError("model.rope_fusion='te' is invalid here: TE's fused RoPE needs Transformer Engine's "

@@ -47,6 +47,8 @@ def test_the_model_uses_a_fused_path_when_cuda_is_present():
     assert rope_fusion_path(cfg, cuda=True, te=True) == "te"
     assert rope_fusion_path(cfg, cuda=True, te=False) == "megamid"
     assert rope_fusion_path(cfg, cuda=False, te=False) == "none"
+    # CUDA without megamid._cuda built: megatron's path rather than the PyTorch reference
+    assert rope_fusion_path(cfg, cuda=True, te=False, kernel_built=False) == "none"
 
 
 def test_auto_takes_megamid_for_partial_rotary_under_te():
