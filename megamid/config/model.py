@@ -33,7 +33,7 @@ class ModelConfig:
     init_method_std: float = 0.02
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
-    rope_fusion: str = "auto"                      # auto | te | megamid | none: who applies RoPE (see megamid.rope.fusion)
+    rope_fusion: str = "auto"                      # auto | te | megamid | none: who applies RoPE (megamid.rope.fusion)
 
     def __post_init__(self):
         for name in ("num_layers", "hidden_size", "num_attention_heads", "vocab_size", "max_position_embeddings"):
