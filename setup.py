@@ -40,11 +40,14 @@ def _cuda_wanted():
 CPU_SOURCES = _rel(glob.glob(os.path.join(HERE, "csrc", "**", "*.cpp"), recursive=True))
 CPU_SOURCES = [s for s in CPU_SOURCES if not s.endswith("cuda_bindings.cpp")]
 CUDA_SOURCES = _rel(glob.glob(os.path.join(HERE, "csrc", "**", "*.cu"), recursive=True))
+# Headers hold shared arithmetic (csrc/rope/rope_math.h): a change to one must rebuild its users.
+HEADERS = _rel(glob.glob(os.path.join(HERE, "csrc", "**", "*.h"), recursive=True))
 
 ext_modules = [
     Pybind11Extension(
         "megamid._C",
         CPU_SOURCES,
+        depends=HEADERS,
         include_dirs=["csrc"],
         cxx_std=17,
         extra_compile_args=["-O3"],
@@ -100,6 +103,7 @@ if _cuda_wanted() and CUDA_SOURCES:
         Pybind11Extension(
             "megamid._cuda",
             CUDA_SOURCES + _rel(glob.glob(os.path.join(HERE, "csrc", "cuda_bindings.cpp"))),
+            depends=HEADERS,
             include_dirs=["csrc", os.path.join(cuda_home, "include")],
             library_dirs=cuda_libs,
             libraries=["cudart_static", "dl", "rt", "pthread"] if static else ["cudart"],

@@ -2,6 +2,10 @@
 // in csrc/<topic>/; this file only converts numpy arrays to pointers and back.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <string>
 
 #include <stdexcept>
 #include <type_traits>
@@ -9,6 +13,7 @@
 #include "attention/attention_merge.h"
 #include "data/mixture_index.h"
 #include "packing/doc_positions.h"
+#include "rope/rope_cpu.h"
 
 namespace py = pybind11;
 
@@ -77,6 +82,55 @@ static py::tuple attention_merge(FloatArray<T> out1, FloatArray<T> lse1, FloatAr
   return py::make_tuple(out, lse);
 }
 
+// ---- RoPE on host memory: the CUDA kernel's arguments (integer pointers, strides in elements) ----
+using Strides3 = std::array<int64_t, 3>;
+
+static void rope_raise(int status) {
+  if (status == MEGAMID_ROPE_OK) return;
+  throw py::value_error(std::string("megamid rope (cpu): ") + megamid_rope_cpu_error_string(status));
+}
+
+static void rope_qk(int dtype, int64_t seq_len, int64_t batch, int64_t head_dim, int64_t rotary_dim,
+                    bool interleaved, bool backward, uintptr_t inv_freq, double attention_factor,
+                    uintptr_t position_ids, int64_t pos_stride_s, int64_t pos_stride_b, uintptr_t cu_seqlens,
+                    int64_t num_docs, int cp_size, int cp_rank, uintptr_t q_in, uintptr_t q_out, int64_t q_heads,
+                    Strides3 q_in_stride, Strides3 q_out_stride, uintptr_t k_in, uintptr_t k_out,
+                    int64_t k_heads, Strides3 k_in_stride, Strides3 k_out_stride) {
+  megamid_rope_args_t a = megamid::rope::make_args(
+      dtype, seq_len, batch, head_dim, rotary_dim, interleaved, backward, inv_freq, attention_factor,
+      position_ids, pos_stride_s, pos_stride_b, cu_seqlens, num_docs, cp_size, cp_rank);
+  a.rotate[0] = megamid::rope::plain_heads(reinterpret_cast<const void*>(q_in), reinterpret_cast<void*>(q_out),
+                                           q_heads, q_in_stride.data(), q_out_stride.data());
+  a.rotate[1] = megamid::rope::plain_heads(reinterpret_cast<const void*>(k_in), reinterpret_cast<void*>(k_out),
+                                           k_heads, k_in_stride.data(), k_out_stride.data());
+  int status;
+  {
+    py::gil_scoped_release release;
+    status = megamid_rope_cpu(&a);
+  }
+  rope_raise(status);
+}
+
+static void rope_fused_qkv(int dtype, int64_t seq_len, int64_t batch, int64_t head_dim, int64_t rotary_dim,
+                           bool interleaved, bool backward, uintptr_t inv_freq, double attention_factor,
+                           uintptr_t position_ids, int64_t pos_stride_s, int64_t pos_stride_b,
+                           uintptr_t cu_seqlens, int64_t num_docs, int cp_size, int cp_rank, uintptr_t qkv,
+                           Strides3 qkv_stride, int64_t groups, int64_t q_per_group, uintptr_t q,
+                           Strides3 q_stride, uintptr_t k, Strides3 k_stride, uintptr_t v, Strides3 v_stride) {
+  megamid_rope_args_t a = megamid::rope::make_args(
+      dtype, seq_len, batch, head_dim, rotary_dim, interleaved, backward, inv_freq, attention_factor,
+      position_ids, pos_stride_s, pos_stride_b, cu_seqlens, num_docs, cp_size, cp_rank);
+  int status;
+  {
+    py::gil_scoped_release release;
+    status = megamid_rope_fused_qkv_cpu(&a, reinterpret_cast<void*>(qkv), qkv_stride.data(), groups, q_per_group,
+                                        reinterpret_cast<void*>(q), q_stride.data(), reinterpret_cast<void*>(k),
+                                        k_stride.data(), reinterpret_cast<void*>(v), v_stride.data(),
+                                        backward ? 1 : 0);
+  }
+  rope_raise(status);
+}
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "megamid CPU helpers";
   m.def("doc_positions", &doc_positions, py::arg("tokens"), py::arg("eod"),
@@ -90,4 +144,21 @@ PYBIND11_MODULE(_C, m) {
         "(out, lse) merging two partial attention results over disjoint keys (log-sum-exp weights).");
   m.def("attention_merge", &attention_merge<double>, py::arg("out1"), py::arg("lse1"), py::arg("out2"),
         py::arg("lse2"));
+  m.attr("DTYPE_FLOAT32") = static_cast<int>(MEGAMID_DTYPE_FLOAT32);
+  m.attr("DTYPE_FLOAT16") = static_cast<int>(MEGAMID_DTYPE_FLOAT16);
+  m.attr("DTYPE_BFLOAT16") = static_cast<int>(MEGAMID_DTYPE_BFLOAT16);
+  m.def("rope_qk", &rope_qk, py::arg("dtype"), py::arg("seq_len"), py::arg("batch"), py::arg("head_dim"),
+        py::arg("rotary_dim"), py::arg("interleaved"), py::arg("backward"), py::arg("inv_freq"),
+        py::arg("attention_factor"), py::arg("position_ids"), py::arg("pos_stride_s"), py::arg("pos_stride_b"),
+        py::arg("cu_seqlens"), py::arg("num_docs"), py::arg("cp_size"), py::arg("cp_rank"), py::arg("q_in"),
+        py::arg("q_out"), py::arg("q_heads"), py::arg("q_in_stride"), py::arg("q_out_stride"), py::arg("k_in"),
+        py::arg("k_out"), py::arg("k_heads"), py::arg("k_in_stride"), py::arg("k_out_stride"),
+        "RoPE on host Q [s, b, hq, d] and K [s, b, hk, d]: the CUDA kernel's arithmetic as a CPU loop.");
+  m.def("rope_fused_qkv", &rope_fused_qkv, py::arg("dtype"), py::arg("seq_len"), py::arg("batch"),
+        py::arg("head_dim"), py::arg("rotary_dim"), py::arg("interleaved"), py::arg("backward"),
+        py::arg("inv_freq"), py::arg("attention_factor"), py::arg("position_ids"), py::arg("pos_stride_s"),
+        py::arg("pos_stride_b"), py::arg("cu_seqlens"), py::arg("num_docs"), py::arg("cp_size"),
+        py::arg("cp_rank"), py::arg("qkv"), py::arg("qkv_stride"), py::arg("groups"), py::arg("q_per_group"),
+        py::arg("q"), py::arg("q_stride"), py::arg("k"), py::arg("k_stride"), py::arg("v"), py::arg("v_stride"),
+        "Split Megatron's fused QKV into rotated q, k and v (backward: the reverse) on host memory.");
 }

@@ -30,47 +30,6 @@ T* ptr(uintptr_t p) {
   return reinterpret_cast<T*>(p);
 }
 
-megamid_rope_args_t common_args(int dtype, int64_t seq_len, int64_t batch, int64_t head_dim,
-                                int64_t rotary_dim, bool interleaved, uintptr_t inv_freq,
-                                double attention_factor, uintptr_t position_ids, int64_t pos_stride_s,
-                                int64_t pos_stride_b, uintptr_t cu_seqlens, int64_t num_docs,
-                                int cp_size, int cp_rank) {
-  megamid_rope_args_t a{};
-  a.dtype = static_cast<megamid_dtype_t>(dtype);
-  a.seq_len = seq_len;
-  a.batch = batch;
-  a.head_dim = head_dim;
-  a.rotary_dim = rotary_dim;
-  a.interleaved = interleaved ? 1 : 0;
-  a.inv_freq = ptr<const float>(inv_freq);
-  a.attention_factor = static_cast<float>(attention_factor);
-  a.position_ids = ptr<const int64_t>(position_ids);
-  a.pos_stride_s = pos_stride_s;
-  a.pos_stride_b = pos_stride_b;
-  a.cu_seqlens = ptr<const int32_t>(cu_seqlens);
-  a.num_docs = num_docs;
-  a.cp_size = cp_size;
-  a.cp_rank = cp_rank;
-  return a;
-}
-
-// A plain [s, b, heads, d] tensor as a set of `heads` groups of one head each.
-megamid_rope_heads_t plain_heads(uintptr_t in, uintptr_t out, int64_t heads, const Strides3& in_st,
-                                 const Strides3& out_st) {
-  megamid_rope_heads_t h{};
-  h.in = ptr<const void>(in);
-  h.out = ptr<void>(out);
-  h.groups = heads;
-  h.heads_per_group = 1;
-  for (int i = 0; i < 3; ++i) {
-    h.in_stride[i] = in_st[i];
-    h.out_stride[i] = out_st[i];
-  }
-  h.in_stride[3] = in_st[2];
-  h.out_stride[3] = out_st[2];
-  return h;
-}
-
 void rope_qk(int dtype, int64_t seq_len, int64_t batch, int64_t head_dim, int64_t rotary_dim,
              bool interleaved, bool backward, uintptr_t inv_freq, double attention_factor,
              uintptr_t position_ids, int64_t pos_stride_s, int64_t pos_stride_b, uintptr_t cu_seqlens,
@@ -78,11 +37,13 @@ void rope_qk(int dtype, int64_t seq_len, int64_t batch, int64_t head_dim, int64_
              Strides3 q_in_stride, Strides3 q_out_stride, uintptr_t k_in, uintptr_t k_out,
              int64_t k_heads, Strides3 k_in_stride, Strides3 k_out_stride, uintptr_t stream) {
   megamid_rope_args_t a =
-      common_args(dtype, seq_len, batch, head_dim, rotary_dim, interleaved, inv_freq, attention_factor,
-                  position_ids, pos_stride_s, pos_stride_b, cu_seqlens, num_docs, cp_size, cp_rank);
-  a.backward = backward ? 1 : 0;
-  a.rotate[0] = plain_heads(q_in, q_out, q_heads, q_in_stride, q_out_stride);
-  a.rotate[1] = plain_heads(k_in, k_out, k_heads, k_in_stride, k_out_stride);
+      megamid::rope::make_args(dtype, seq_len, batch, head_dim, rotary_dim, interleaved, backward, inv_freq,
+                               attention_factor, position_ids, pos_stride_s, pos_stride_b, cu_seqlens,
+                               num_docs, cp_size, cp_rank);
+  a.rotate[0] = megamid::rope::plain_heads(ptr<const void>(q_in), ptr<void>(q_out), q_heads,
+                                           q_in_stride.data(), q_out_stride.data());
+  a.rotate[1] = megamid::rope::plain_heads(ptr<const void>(k_in), ptr<void>(k_out), k_heads,
+                                           k_in_stride.data(), k_out_stride.data());
   int status;
   {
     py::gil_scoped_release release;
@@ -99,8 +60,9 @@ void rope_fused_qkv(int dtype, int64_t seq_len, int64_t batch, int64_t head_dim,
                     Strides3 q_stride, uintptr_t k, Strides3 k_stride, uintptr_t v, Strides3 v_stride,
                     uintptr_t stream) {
   megamid_rope_args_t a =
-      common_args(dtype, seq_len, batch, head_dim, rotary_dim, interleaved, inv_freq, attention_factor,
-                  position_ids, pos_stride_s, pos_stride_b, cu_seqlens, num_docs, cp_size, cp_rank);
+      megamid::rope::make_args(dtype, seq_len, batch, head_dim, rotary_dim, interleaved, backward, inv_freq,
+                               attention_factor, position_ids, pos_stride_s, pos_stride_b, cu_seqlens,
+                               num_docs, cp_size, cp_rank);
   int status;
   {
     py::gil_scoped_release release;

@@ -9,12 +9,16 @@
 //     half-split pairs, the two vectors x[i..] and x[i + rotary_dim/2 ..] that pair up).
 #include "rope/rope.h"
 
+#include "rope/rope_math.h"
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cstdio>
 
 namespace {
+
+using namespace megamid::rope;
 
 constexpr int kThreads = 256;
 constexpr int kMaxTokensPerIter = 16;
@@ -31,15 +35,11 @@ struct Heads {
 };
 
 struct Params {
-  int64_t seq_len, batch, tokens;
+  Positions where;
+  int64_t tokens;
   int half_rd;
   float factor, sign;
   const float* inv_freq;
-  const int64_t* pos;
-  int64_t pos_s, pos_b;
-  const int32_t* cu;
-  int64_t num_docs;
-  int cp_size, cp_rank;
   Heads set[3];  // Q, K, copy
   int heads[3];
   int rot_items, pass_items, copy_items;  // per head
@@ -99,35 +99,11 @@ __device__ __forceinline__ void copy(const T* in, T* out) {
   }
 }
 
-// Megatron's dual-chunk context-parallel layout: local index j of a local length len = 2 * chunk.
-__device__ __forceinline__ int64_t cp_position(int64_t j, int64_t len, int cp_size, int cp_rank) {
-  if (cp_size == 1) return j;
-  const int64_t chunk = len / 2;
-  return j < chunk ? cp_rank * chunk + j : (2 * cp_size - 1 - cp_rank) * chunk + (j - chunk);
-}
-
-__device__ int64_t position_of(const Params& p, int64_t tok) {
-  const int64_t si = tok / p.batch, bi = tok - si * p.batch;
-  if (p.pos) return p.pos[si * p.pos_s + bi * p.pos_b];
-  if (!p.cu) return cp_position(si, p.seq_len, p.cp_size, p.cp_rank);
-  // The last document whose local start is <= si (empty documents resolve to the later one).
-  int64_t lo = 0, hi = p.num_docs - 1;
-  while (lo < hi) {
-    const int64_t mid = (lo + hi + 1) / 2;
-    if (p.cu[mid] / p.cp_size <= si) lo = mid; else hi = mid - 1;
-  }
-  const int64_t start = p.cu[lo] / p.cp_size;
-  const int64_t len = (p.cu[lo + 1] - p.cu[lo]) / p.cp_size;
-  return cp_position(si - start, len, p.cp_size, p.cp_rank);
-}
-
 __device__ __forceinline__ int64_t in_offset(const Heads& h, int64_t si, int64_t bi, int64_t hh) {
-  const int64_t g = hh / h.heads_per_group, j = hh - g * h.heads_per_group;
-  return si * h.in_s + bi * h.in_b + g * h.in_g + j * h.in_h;
+  return head_offset(hh, h.heads_per_group, si, bi, h.in_s, h.in_b, h.in_g, h.in_h);
 }
 __device__ __forceinline__ int64_t out_offset(const Heads& h, int64_t si, int64_t bi, int64_t hh) {
-  const int64_t g = hh / h.heads_per_group, j = hh - g * h.heads_per_group;
-  return si * h.out_s + bi * h.out_b + g * h.out_g + j * h.out_h;
+  return head_offset(hh, h.heads_per_group, si, bi, h.out_s, h.out_b, h.out_g, h.out_h);
 }
 
 // V: elements per vector; HALF: pairs (x[f], x[f + rd/2]) else (x[2f], x[2f+1]).
@@ -145,18 +121,11 @@ __global__ void __launch_bounds__(kThreads) rope_kernel(const __grid_constant__ 
     const int ntok = (int)min((int64_t)p.tokens_per_iter, p.tokens - tok0);
     for (int tl = warp; tl < ntok; tl += nwarps) {
       long long pos = 0;
-      if (lane == 0) pos = position_of(p, tok0 + tl);
+      if (lane == 0) pos = position_of(p.where, tok0 + tl);
       pos = __shfl_sync(0xffffffffu, pos, 0);
-      // float(pos) * inv_freq rounded to fp32, as HF and Megatron form the angle; exact for pos < 2^24.
-      const float fpos = (float)pos;
-      for (int f = lane; f < p.half_rd; f += 32) {
-        float s, c;
-        // __fmul_rn: the rounded product, never contracted into sincosf's reduction (an FMA there
-        // would use the unrounded angle and part from the reference at large positions).
-        sincosf(__fmul_rn(fpos, p.inv_freq[f]), &s, &c);
-        s_cos[tl * p.half_rd + f] = c * p.factor;
-        s_sin[tl * p.half_rd + f] = s * p.factor * p.sign;
-      }
+      for (int f = lane; f < p.half_rd; f += 32)
+        rope_cos_sin(pos, p.inv_freq[f], p.factor, p.sign, &s_cos[tl * p.half_rd + f],
+                     &s_sin[tl * p.half_rd + f]);
     }
     __syncthreads();
 
@@ -166,7 +135,8 @@ __global__ void __launch_bounds__(kThreads) rope_kernel(const __grid_constant__ 
       const int tl = idx / p.work;
       int rem = idx - tl * p.work;
       const int64_t tok = tok0 + tl;
-      const int64_t si = tok / p.batch, bi = tok - si * p.batch;
+      int64_t si, bi;
+      token_index(tok, p.where.batch, &si, &bi);
       if (rem < p.work_rot) {
         int hh = rem / per_head;
         const int item = rem - hh * per_head;
@@ -185,9 +155,8 @@ __global__ void __launch_bounds__(kThreads) rope_kernel(const __grid_constant__ 
             load<T, V, ALIGNED>(in + e + p.half_rd, b);
 #pragma unroll
             for (int k = 0; k < V; ++k) {
-              const float c = cs[e + k], s = sn[e + k], x1 = a[k], x2 = b[k];
-              a[k] = x1 * c - x2 * s;
-              b[k] = x2 * c + x1 * s;
+              const float x1 = a[k], x2 = b[k];
+              rotate_pair(x1, x2, cs[e + k], sn[e + k], &a[k], &b[k]);
             }
             store<T, V, ALIGNED>(out + e, a);
             store<T, V, ALIGNED>(out + e + p.half_rd, b);
@@ -197,9 +166,8 @@ __global__ void __launch_bounds__(kThreads) rope_kernel(const __grid_constant__ 
             load<T, V, ALIGNED>(in + e, x);
 #pragma unroll
             for (int k = 0; k < V / 2; ++k) {
-              const float c = cs[e / 2 + k], s = sn[e / 2 + k], x1 = x[2 * k], x2 = x[2 * k + 1];
-              x[2 * k] = x1 * c - x2 * s;
-              x[2 * k + 1] = x2 * c + x1 * s;
+              const float x1 = x[2 * k], x2 = x[2 * k + 1];
+              rotate_pair(x1, x2, cs[e / 2 + k], sn[e / 2 + k], &x[2 * k], &x[2 * k + 1]);
             }
             store<T, V, ALIGNED>(out + e, x);
           }
@@ -231,13 +199,6 @@ int cuda_fail(cudaError_t err, const char* what) {
 }
 
 bool set_used(const megamid_rope_heads_t& h) { return h.groups > 0; }
-
-int check_set(const megamid_rope_heads_t& h, const char* name) {
-  if (h.groups < 0) return fail(name);
-  if (h.groups == 0) return MEGAMID_ROPE_OK;
-  if (h.heads_per_group < 1 || !h.in || !h.out) return fail(name);
-  return MEGAMID_ROPE_OK;
-}
 
 Heads make_heads(const megamid_rope_heads_t& h, const megamid_rope_args_t& a) {
   // A stride of a size-1 dim is never used; zeroing it keeps it out of the alignment test.
@@ -319,50 +280,20 @@ int launch(Params& p, const megamid_rope_args_t& a, cudaStream_t stream) {
 }  // namespace
 
 extern "C" int megamid_rope_check(const megamid_rope_args_t* a) {
-  if (!a) return fail("args is NULL");
-  if (a->dtype < MEGAMID_DTYPE_FLOAT32 || a->dtype > MEGAMID_DTYPE_BFLOAT16)
-    return fail("dtype must be float32, float16 or bfloat16");
-  if (a->seq_len < 0 || a->batch < 1) return fail("seq_len must be >= 0 and batch >= 1");
-  if (a->head_dim < 1) return fail("head_dim must be >= 1");
-  if (a->rotary_dim < 2 || a->rotary_dim % 2 || a->rotary_dim > a->head_dim)
-    return fail("rotary_dim must be even, >= 2 and <= head_dim");
-  if ((int64_t)a->rotary_dim * (int64_t)sizeof(float) > kMaxSmemBytes)
-    return fail("rotary_dim must be <= 8192");
-  if (!a->inv_freq) return fail("inv_freq is NULL");
-  if (a->cp_size < 1 || a->cp_rank < 0 || a->cp_rank >= a->cp_size)
-    return fail("cp_size must be >= 1 and 0 <= cp_rank < cp_size");
-  if (a->cu_seqlens && a->num_docs < 1) return fail("cu_seqlens needs num_docs >= 1");
-  if (a->cp_size > 1 && !a->position_ids && !a->cu_seqlens && a->seq_len % 2)
-    return fail("with cp_size > 1 the local seq_len must be even (two chunks)");
-  if (a->position_ids && a->cu_seqlens) return fail("pass position_ids or cu_seqlens, not both");
-  if (a->seq_len * a->batch > ((int64_t)1 << 40)) return fail("too many tokens");
-  int rc;
-  if ((rc = check_set(a->rotate[0], "rotate[0] (Q): groups >= 0, heads_per_group >= 1, in/out set")))
-    return rc;
-  if ((rc = check_set(a->rotate[1], "rotate[1] (K): groups >= 0, heads_per_group >= 1, in/out set")))
-    return rc;
-  if ((rc = check_set(a->copy, "copy (V): groups >= 0, heads_per_group >= 1, in/out set"))) return rc;
-  return MEGAMID_ROPE_OK;
+  const char* why = check_args(a);
+  return why ? fail(why) : MEGAMID_ROPE_OK;
 }
 
 extern "C" int megamid_rope(const megamid_rope_args_t* a, cudaStream_t stream) {
   const int rc = megamid_rope_check(a);
   if (rc) return rc;
   Params p{};
-  p.seq_len = a->seq_len;
-  p.batch = a->batch;
+  p.where = positions_of(*a);
   p.tokens = a->seq_len * a->batch;
   p.half_rd = (int)(a->rotary_dim / 2);
   p.factor = a->attention_factor;
   p.sign = a->backward ? -1.f : 1.f;
   p.inv_freq = a->inv_freq;
-  p.pos = a->position_ids;
-  p.pos_s = a->pos_stride_s;
-  p.pos_b = a->pos_stride_b;
-  p.cu = a->cu_seqlens;
-  p.num_docs = a->num_docs;
-  p.cp_size = a->cp_size;
-  p.cp_rank = a->cp_rank;
   const megamid_rope_heads_t* sets[3] = {&a->rotate[0], &a->rotate[1], &a->copy};
   for (int i = 0; i < 3; ++i) {
     p.set[i] = make_heads(*sets[i], *a);
@@ -381,54 +312,11 @@ extern "C" int megamid_rope_fused_qkv(const megamid_rope_args_t* args, void* qkv
                                       void* q, const int64_t q_stride[3], void* k,
                                       const int64_t k_stride[3], void* v, const int64_t v_stride[3],
                                       int backward, cudaStream_t stream) {
-  if (!args || !qkv || !q || !k || !v || !qkv_stride || !q_stride || !k_stride || !v_stride)
-    return fail("fused qkv: a pointer is NULL");
-  if (groups < 1 || q_per_group < 1) return fail("fused qkv: groups and q_per_group must be >= 1");
+  if (!args) return fail("args is NULL");
   megamid_rope_args_t a = *args;
-  a.backward = backward;
-  const int64_t d = a.head_dim;
-  // The packed side: one group row holds q_per_group + 2 heads of d elements.
-  auto packed = [&](int64_t first_head, int64_t heads_per_group) {
-    megamid_rope_heads_t h{};
-    h.groups = groups;
-    h.heads_per_group = heads_per_group;
-    h.in = static_cast<char*>(qkv) + first_head * d * (a.dtype == MEGAMID_DTYPE_FLOAT32 ? 4 : 2);
-    h.in_stride[0] = qkv_stride[0];
-    h.in_stride[1] = qkv_stride[1];
-    h.in_stride[2] = qkv_stride[2];
-    h.in_stride[3] = d;
-    return h;
-  };
-  // The split side: head g * heads_per_group + j of a [s, b, heads, d] tensor.
-  auto attach = [](megamid_rope_heads_t& h, void* t, const int64_t st[3]) {
-    h.out = t;
-    h.out_stride[0] = st[0];
-    h.out_stride[1] = st[1];
-    h.out_stride[2] = st[2] * h.heads_per_group;
-    h.out_stride[3] = st[2];
-  };
-  megamid_rope_heads_t sets[3] = {packed(0, q_per_group), packed(q_per_group, 1),
-                                  packed(q_per_group + 1, 1)};
-  void* split[3] = {q, k, v};
-  const int64_t* split_stride[3] = {q_stride, k_stride, v_stride};
-  for (int i = 0; i < 3; ++i) {
-    attach(sets[i], split[i], split_stride[i]);
-    if (backward) {  // read the split gradients, write the packed one
-      megamid_rope_heads_t& h = sets[i];
-      void* packed_ptr = const_cast<void*>(h.in);
-      h.in = h.out;
-      h.out = packed_ptr;
-      for (int j = 0; j < 4; ++j) {
-        const int64_t t = h.in_stride[j];
-        h.in_stride[j] = h.out_stride[j];
-        h.out_stride[j] = t;
-      }
-    }
-  }
-  a.rotate[0] = sets[0];
-  a.rotate[1] = sets[1];
-  a.copy = sets[2];
-  return megamid_rope(&a, stream);
+  const char* why = fused_qkv_args(&a, qkv, qkv_stride, groups, q_per_group, q, q_stride, k, k_stride, v,
+                                   v_stride, backward);
+  return why ? fail(why) : megamid_rope(&a, stream);
 }
 
 extern "C" const char* megamid_rope_error_string(int status) {

@@ -38,7 +38,8 @@ def common_model(paths: list, records: list) -> ModelConfig:
     """The model every checkpoint holds; ConfigError naming the first differing field and both values."""
     models = [build(ModelConfig, record["model"], "model") for record in records]
     for path, model in zip(paths[1:], models[1:]):
-        diff = [d for d in model_differences(models[0], model) if d[0] != "rope"]   # ropes: common_rope
+        # ropes are compared by common_rope; the RoPE path a run used does not change its weights
+        diff = [d for d in model_differences(models[0], model) if d[0] not in ("rope", "rope_fusion")]
         if diff:
             name, a, b = diff[0]
             more = f" (and {', '.join('model.' + d[0] for d in diff[1:])})" if len(diff) > 1 else ""

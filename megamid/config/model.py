@@ -6,6 +6,8 @@ from typing import Optional
 from megamid.config.base import check_choice, check_divisible, check_positive, fail
 
 DTYPES = ("fp32", "bf16", "fp16")
+# auto: te with Transformer Engine, megamid with CUDA and no TE, none on CPU (megamid.rope.fusion decides)
+ROPE_FUSIONS = ("auto", "te", "megamid", "none")
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class ModelConfig:
     init_method_std: float = 0.02
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
+    rope_fusion: str = "auto"                      # auto | te | megamid | none: who applies RoPE (megamid.rope.fusion)
 
     def __post_init__(self):
         for name in ("num_layers", "hidden_size", "num_attention_heads", "vocab_size", "max_position_embeddings"):
@@ -45,6 +48,7 @@ class ModelConfig:
             check_divisible("model.num_attention_heads", self.num_attention_heads, self.num_query_groups,
                             "model.num_query_groups")
         check_choice("model.dtype", self.dtype, DTYPES)
+        check_choice("model.rope_fusion", self.rope_fusion, ROPE_FUSIONS)
         check_choice("model.normalization", self.normalization, ("RMSNorm", "LayerNorm"))
         check_choice("model.activation", self.activation, ("swiglu", "gelu"))
         check_positive("model.norm_epsilon", self.norm_epsilon)

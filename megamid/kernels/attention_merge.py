@@ -6,10 +6,10 @@
 Each partial result is a softmax-normalised output over its own keys and the log-sum-exp of its
 scaled scores (-inf: no key seen). The merge is lse = logaddexp(lse1, lse2) and
 out = exp(lse1 - lse) * out1 + exp(lse2 - lse) * out2: how ring attention combines its blocks.
-Backends (MEGAMID_KERNELS=auto|cuda|reference, read at each call, as megamid.kernels.rope):
+Backends (MEGAMID_KERNELS=auto|cuda|cpu|reference, read at each call, as megamid.kernels.rope):
 auto = csrc/attention's CUDA kernel for CUDA tensors (megamid._cuda built), its C++ twin in
 megamid._C for contiguous float32/float64 CPU tensors, the pure-PyTorch reference otherwise;
-cuda = the CUDA kernel or an error; reference = always the reference below. Autograd uses the
+cuda / cpu = that kernel or an error; reference = always the reference below. Autograd uses the
 closed-form gradient (merge_backward_reference) whichever backend ran forward.
 """
 
@@ -27,7 +27,7 @@ try:
 except ImportError:  # not built (CPU machines)
     _cuda = None
 
-KERNEL_MODES = ("auto", "cuda", "reference")
+KERNEL_MODES = ("auto", "cuda", "cpu", "reference")
 _CUDA_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
@@ -85,6 +85,9 @@ def kernel_backend(device: torch.device, dtype: torch.dtype, lse_dtype: torch.dt
         return "cuda"
     cpp_ok = (_C is not None and hasattr(_C, "attention_merge") and device.type == "cpu"
               and dtype in (torch.float32, torch.float64) and lse_dtype == dtype)
+    if mode == "cpu" and not cpp_ok:
+        raise RuntimeError(f"MEGAMID_KERNELS=cpu but the attention merge C++ kernel cannot run: the tensors are "
+                           f"{dtype} (lse {lse_dtype}) on {device} (needs megamid._C and float32/float64 on CPU)")
     return "cpp" if cpp_ok else "reference"
 
 

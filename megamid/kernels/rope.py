@@ -5,12 +5,14 @@
 
 inv_freq (float32, rotary_dim / 2) is the output of any scaling method (PI, NTK, ABF, YaRN, LongRoPE,
 Llama-3); attention_factor multiplies cos and sin (YaRN's mscale). On CUDA tensors with megamid._cuda
-built, one kernel launch (csrc/rope) rotates every Q and K head; elsewhere the pure-PyTorch reference
-in rope_reference.py runs. MEGAMID_KERNELS=auto|cuda|reference picks (read at each call):
-auto = the kernel when it imports and the tensors are on CUDA, cuda = the kernel or an error,
-reference = always the reference. inv_freq and attention_factor are constants for autograd.
+built, one kernel launch (csrc/rope) rotates every Q and K head; on CPU tensors megamid._C runs the same
+per-element arithmetic (csrc/rope/rope_math.h) as a loop; elsewhere (float64, meta, extensions not built)
+the pure-PyTorch reference in rope_reference.py runs. MEGAMID_KERNELS=auto|cuda|cpu|reference picks (read
+at each call): auto = the kernel of the tensors' device when it is built, cuda / cpu = that kernel or an
+error, reference = always the reference. inv_freq and attention_factor are constants for autograd.
 """
 
+import contextlib
 import os
 from typing import Optional
 
@@ -27,31 +29,54 @@ from megamid.kernels.rope_reference import (
 
 try:
     from megamid import _cuda
-except ImportError:  # not built (CPU machines): the reference serves
+except ImportError:  # not built (CPU machines): the CPU loop or the reference serves
     _cuda = None
+try:
+    from megamid import _C as _cpu
+except ImportError:  # the C++ helpers are not built: the reference serves
+    _cpu = None
+if _cpu is not None and not hasattr(_cpu, "rope_qk"):  # an older build without the RoPE loop
+    _cpu = None
 
-KERNEL_MODES = ("auto", "cuda", "reference")
+KERNEL_MODES = ("auto", "cuda", "cpu", "reference")
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def kernel_backend(device: torch.device, dtype: torch.dtype) -> str:
-    """'cuda' or 'reference' for tensors on `device` of `dtype`, by MEGAMID_KERNELS."""
+    """'cuda', 'cpu' or 'reference' for tensors on `device` of `dtype`, by MEGAMID_KERNELS."""
     mode = os.environ.get("MEGAMID_KERNELS", "auto").lower()
     if mode not in KERNEL_MODES:
         raise ValueError(f"MEGAMID_KERNELS={mode!r} is not valid; use one of {KERNEL_MODES}")
-    usable = _cuda is not None and device.type == "cuda" and dtype in _KERNEL_DTYPES
-    if mode == "cuda" and not usable:
-        why = ("megamid._cuda is not built (reinstall with MEGAMID_BUILD_CUDA=1 where nvcc exists)"
-               if _cuda is None else f"the tensors are {dtype} on {device} (needs CUDA, fp32/fp16/bf16)")
-        raise RuntimeError(f"MEGAMID_KERNELS=cuda but the RoPE kernel cannot run: {why}")
-    return "cuda" if mode != "reference" and usable else "reference"
+    usable = {"cuda": _cuda is not None and device.type == "cuda" and dtype in _KERNEL_DTYPES,
+              "cpu": _cpu is not None and device.type == "cpu" and dtype in _KERNEL_DTYPES}
+    if mode in usable and not usable[mode]:
+        module = "megamid._cuda" if mode == "cuda" else "megamid._C"
+        fix = ("reinstall with MEGAMID_BUILD_CUDA=1 where nvcc exists" if mode == "cuda"
+               else "pip install -e . (or python setup.py build_ext --inplace)")
+        built = _cuda if mode == "cuda" else _cpu
+        why = (f"{module} is not built with the RoPE kernel ({fix})" if built is None
+               else f"the tensors are {dtype} on {device} (needs {mode.upper()}, fp32/fp16/bf16)")
+        raise RuntimeError(f"MEGAMID_KERNELS={mode} but the RoPE kernel cannot run: {why}")
+    if mode == "reference":
+        return "reference"
+    for backend in ("cuda", "cpu"):
+        if usable[backend] and mode in ("auto", backend):
+            return backend
+    return "reference"
 
 
-# ---- the CUDA path: views, strides and pointers for megamid._cuda ---------------------------------
+# ---- the kernel paths: views, strides and pointers for megamid._cuda and megamid._C ---------------
 
-def _dtype_code(dtype):
-    return {torch.float32: _cuda.DTYPE_FLOAT32, torch.float16: _cuda.DTYPE_FLOAT16,
-            torch.bfloat16: _cuda.DTYPE_BFLOAT16}[dtype]
+def _dtype_code(module, dtype):
+    return {torch.float32: module.DTYPE_FLOAT32, torch.float16: module.DTYPE_FLOAT16,
+            torch.bfloat16: module.DTYPE_BFLOAT16}[dtype]
+
+
+def _module(device):
+    """The extension that runs the kernel for tensors on `device`, and a context to launch it in."""
+    if device.type == "cuda":
+        return _cuda, torch.cuda.device(device)
+    return _cpu, contextlib.nullcontext()
 
 
 def _last_dim_contiguous(t):
@@ -75,40 +100,45 @@ def _common(ref, inv_freq, attention_factor, layout, interleaved, cu_seqlens, po
         else:  # [b, s]
             pos_s, pos_b = pos.stride(1), pos.stride(0)
     cu = None if cu_seqlens is None else cu_seqlens.to(device=ref.device, dtype=torch.int32).contiguous()
+    module, _ = _module(ref.device)
     kwargs = dict(
-        dtype=_dtype_code(ref.dtype), seq_len=ref.shape[0], batch=ref.shape[1], head_dim=ref.shape[3],
+        dtype=_dtype_code(module, ref.dtype), seq_len=ref.shape[0], batch=ref.shape[1], head_dim=ref.shape[3],
         rotary_dim=2 * inv_freq.numel(), interleaved=interleaved, backward=backward,
         inv_freq=inv_freq.data_ptr(), attention_factor=float(attention_factor),
         position_ids=pos_ptr, pos_stride_s=pos_s, pos_stride_b=pos_b,
         cu_seqlens=0 if cu is None else cu.data_ptr(), num_docs=0 if cu is None else cu.numel() - 1,
-        cp_size=cp_size, cp_rank=cp_rank, stream=torch.cuda.current_stream(ref.device).cuda_stream)
+        cp_size=cp_size, cp_rank=cp_rank)
+    if ref.device.type == "cuda":
+        kwargs["stream"] = torch.cuda.current_stream(ref.device).cuda_stream
     # Tensors that must outlive the (asynchronous) launch are kept by the caller through `keep`.
     return kwargs, (pos if position_ids is not None else None, cu)
 
 
-def _cuda_rope_qk(q, k, q_out, k_out, inv_freq, attention_factor, layout, interleaved, cu_seqlens,
+def _kernel_rope_qk(q, k, q_out, k_out, inv_freq, attention_factor, layout, interleaved, cu_seqlens,
                   position_ids, cp_size, cp_rank, backward):
     q4, k4, qo4, ko4 = (_sbhd(t, layout) for t in (q, k, q_out, k_out))
     inv_freq = inv_freq.to(device=q.device, dtype=torch.float32).contiguous()
     kwargs, keep = _common(q4, inv_freq, attention_factor, layout, interleaved, cu_seqlens, position_ids,
                            cp_size, cp_rank, backward)
-    with torch.cuda.device(q.device):
-        _cuda.rope_qk(q_in=q4.data_ptr(), q_out=qo4.data_ptr(), q_heads=q4.shape[2],
+    module, context = _module(q.device)
+    with context:
+        module.rope_qk(q_in=q4.data_ptr(), q_out=qo4.data_ptr(), q_heads=q4.shape[2],
                       q_in_stride=q4.stride()[:3], q_out_stride=qo4.stride()[:3],
                       k_in=k4.data_ptr(), k_out=ko4.data_ptr(), k_heads=k4.shape[2],
                       k_in_stride=k4.stride()[:3], k_out_stride=ko4.stride()[:3], **kwargs)
     del keep  # the caching allocator orders reuse on the current stream, so freeing here is safe
 
 
-def _cuda_rope_fused_qkv(qkv, q, k, v, inv_freq, attention_factor, layout, interleaved, cu_seqlens,
+def _kernel_rope_fused_qkv(qkv, q, k, v, inv_freq, attention_factor, layout, interleaved, cu_seqlens,
                          position_ids, cp_size, cp_rank, backward):
     qkv4, q4, k4, v4 = (_sbhd(t, layout) for t in (qkv, q, k, v))
     inv_freq = inv_freq.to(device=qkv.device, dtype=torch.float32).contiguous()
     kwargs, keep = _common(q4, inv_freq, attention_factor, layout, interleaved, cu_seqlens, position_ids,
                            cp_size, cp_rank, backward)
     groups = k4.shape[2]
-    with torch.cuda.device(qkv.device):
-        _cuda.rope_fused_qkv(qkv=qkv4.data_ptr(), qkv_stride=qkv4.stride()[:3], groups=groups,
+    module, context = _module(qkv.device)
+    with context:
+        module.rope_fused_qkv(qkv=qkv4.data_ptr(), qkv_stride=qkv4.stride()[:3], groups=groups,
                              q_per_group=q4.shape[2] // groups, q=q4.data_ptr(), q_stride=q4.stride()[:3],
                              k=k4.data_ptr(), k_stride=k4.stride()[:3], v=v4.data_ptr(),
                              v_stride=v4.stride()[:3], **kwargs)
@@ -133,10 +163,10 @@ def _like(result, t):
 
 def _rope(q, k, inv_freq, attention_factor, layout, interleaved, cu_seqlens, position_ids, cp_size,
           cp_rank, backward):
-    if kernel_backend(q.device, q.dtype) == "cuda":
+    if kernel_backend(q.device, q.dtype) != "reference":
         q, k = _last_dim_contiguous(q), _last_dim_contiguous(k)
         q_out, k_out = torch.empty_like(q), torch.empty_like(k)
-        _cuda_rope_qk(q, k, q_out, k_out, inv_freq, attention_factor, layout, interleaved, cu_seqlens,
+        _kernel_rope_qk(q, k, q_out, k_out, inv_freq, attention_factor, layout, interleaved, cu_seqlens,
                       position_ids, cp_size, cp_rank, backward)
         return q_out, k_out
     q_out, k_out = rope_reference(q, k, inv_freq, attention_factor, layout=layout, interleaved=interleaved,
@@ -165,8 +195,8 @@ def rope_bwd(grad_q: Tensor, grad_k: Tensor, inv_freq: Tensor, attention_factor:
 def rope_fwd_(q: Tensor, k: Tensor, inv_freq: Tensor, attention_factor: float, layout: str,
               interleaved: bool, cu_seqlens: Optional[Tensor], position_ids: Optional[Tensor],
               cp_size: int, cp_rank: int) -> None:
-    if kernel_backend(q.device, q.dtype) == "cuda" and q.stride(-1) == 1 and k.stride(-1) == 1:
-        _cuda_rope_qk(q, k, q, k, inv_freq, attention_factor, layout, interleaved, cu_seqlens,
+    if kernel_backend(q.device, q.dtype) != "reference" and q.stride(-1) == 1 and k.stride(-1) == 1:
+        _kernel_rope_qk(q, k, q, k, inv_freq, attention_factor, layout, interleaved, cu_seqlens,
                       position_ids, cp_size, cp_rank, backward=False)
         return
     q_out, k_out = _rope(q, k, inv_freq, attention_factor, layout, interleaved, cu_seqlens, position_ids,
@@ -179,10 +209,10 @@ def rope_fwd_(q: Tensor, k: Tensor, inv_freq: Tensor, attention_factor: float, l
 def rope_fused_qkv_fwd(qkv: Tensor, inv_freq: Tensor, attention_factor: float, head_dim: int, layout: str,
                        interleaved: bool, cu_seqlens: Optional[Tensor], position_ids: Optional[Tensor],
                        cp_size: int, cp_rank: int) -> tuple[Tensor, Tensor, Tensor]:
-    if kernel_backend(qkv.device, qkv.dtype) == "cuda":
+    if kernel_backend(qkv.device, qkv.dtype) != "reference":
         qkv = _last_dim_contiguous(qkv)
         q, k, v = (qkv.new_empty(shape) for shape in _fused_shapes(qkv.shape, head_dim))
-        _cuda_rope_fused_qkv(qkv, q, k, v, inv_freq, attention_factor, layout, interleaved, cu_seqlens,
+        _kernel_rope_fused_qkv(qkv, q, k, v, inv_freq, attention_factor, layout, interleaved, cu_seqlens,
                              position_ids, cp_size, cp_rank, backward=False)
         return q, k, v
     return rope_fused_qkv_reference(qkv, inv_freq, attention_factor, head_dim=head_dim, layout=layout,
@@ -195,12 +225,12 @@ def rope_fused_qkv_bwd(grad_q: Tensor, grad_k: Tensor, grad_v: Tensor, inv_freq:
                        attention_factor: float, layout: str, interleaved: bool,
                        cu_seqlens: Optional[Tensor], position_ids: Optional[Tensor], cp_size: int,
                        cp_rank: int) -> Tensor:
-    if kernel_backend(grad_q.device, grad_q.dtype) == "cuda":
+    if kernel_backend(grad_q.device, grad_q.dtype) != "reference":
         gq, gk, gv = (_last_dim_contiguous(t) for t in (grad_q, grad_k, grad_v))
         *lead, heads, d = gq.shape
         groups = gk.shape[-2]
         grad_qkv = gq.new_empty(*lead, groups, (heads // groups + 2) * d)
-        _cuda_rope_fused_qkv(grad_qkv, gq, gk, gv, inv_freq, attention_factor, layout, interleaved,
+        _kernel_rope_fused_qkv(grad_qkv, gq, gk, gv, inv_freq, attention_factor, layout, interleaved,
                              cu_seqlens, position_ids, cp_size, cp_rank, backward=True)
         return grad_qkv
     return rope_fused_qkv_backward_reference(

@@ -8,7 +8,7 @@ stage; bf16/fp16 through Float16Module; Megatron DDP around each chunk when trai
 """
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -30,11 +30,12 @@ def te_available() -> bool:
 
 @dataclass(frozen=True)
 class ModelBackends:
-    """The implementations a model is built with: layer spec ('te' | 'local') and core attention
-    ('te' | 'megamid' | 'megatron')."""
+    """The implementations a model is built with: layer spec ('te' | 'local'), core attention
+    ('te' | 'megamid' | 'megatron') and who applies RoPE ('te' | 'megamid' | 'none', megamid.rope.fusion)."""
 
     spec: str
     attention: str
+    rope_fusion: str = "none"
 
     def describe(self, parallel: ParallelConfig) -> str:
         return f"layer spec: {self.spec}; {describe_attention(parallel, self.attention)}"
@@ -43,18 +44,30 @@ class ModelBackends:
         return asdict(self)
 
 
-def resolve_backends(environ=None, te: bool = None) -> ModelBackends:
+def resolve_backends(environ=None, te: bool = None, model: ModelConfig = None, cuda: bool = None,
+                     kernel_built: bool = None) -> ModelBackends:
     """Reads MEGAMID_SPEC and MEGAMID_ATTENTION once (from `environ`, default os.environ); `te` is whether
-    Transformer Engine is usable here (default: importable with CUDA)."""
+    Transformer Engine is usable here (default: importable with CUDA). With `model`, its rope_fusion is
+    resolved too (megamid.rope.fusion.rope_fusion_path: CUDA present, megamid._cuda built)."""
     environ = os.environ if environ is None else environ
     te = te_available() if te is None else te
+    cuda = torch.cuda.is_available() if cuda is None else cuda
     choice = environ.get("MEGAMID_SPEC", "auto").lower()
     if choice not in ("auto", "te", "local"):
         raise ConfigError(f"MEGAMID_SPEC={choice!r} is invalid: expected auto, te or local")
     if choice == "te" and not te:
         raise ConfigError("MEGAMID_SPEC=te but Transformer Engine is not importable with CUDA here")
     spec = ("te" if te else "local") if choice == "auto" else choice
-    return ModelBackends(spec, attention_backend(environ.get("MEGAMID_ATTENTION", "auto"), spec))
+    rope_fusion = "none"
+    if model is not None:
+        from megamid.rope.fusion import rope_fusion_path
+
+        if kernel_built is None:
+            from megamid.kernels import rope as rope_kernel
+
+            kernel_built = rope_kernel._cuda is not None
+        rope_fusion = rope_fusion_path(model, cuda=cuda, te=spec == "te", kernel_built=kernel_built)
+    return ModelBackends(spec, attention_backend(environ.get("MEGAMID_ATTENTION", "auto"), spec), rope_fusion)
 
 
 def apex_kernels() -> bool:
@@ -70,20 +83,30 @@ def apex_kernels() -> bool:
 def transformer_config(model: ModelConfig, parallel: ParallelConfig, recompute="none", fp8=None,
                        backends: ModelBackends = None):
     """megatron's TransformerConfig for this process's device and `backends` (default: resolve_backends());
-    fusions on with CUDA, see engine_config."""
+    fusions on with CUDA, see engine_config. With rope_fusion "te" the rope's attention factor is folded into
+    softmax_scale and TE's fused RoPE is on where TE is importable."""
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     from megamid.model.engine_config import engine_kwargs
+    from megamid.rope import model_rope_scaling
+    from megamid.rope.fusion import folded_softmax_scale
 
     cuda = torch.cuda.is_available()
-    backends = resolve_backends() if backends is None else backends
-    return TransformerConfig(**engine_kwargs(model, parallel, recompute, fp8, cuda=cuda,
-                                             te=cuda and backends.spec == "te", apex=cuda and apex_kernels()))
+    backends = resolve_backends(model=model) if backends is None else backends
+    te_rope = backends.rope_fusion == "te"
+    # without TE (CPU tests of the fold) megatron's unfused path applies the same unscaled rotation
+    kwargs = engine_kwargs(model, parallel, recompute, fp8, cuda=cuda, te=cuda and backends.spec == "te",
+                           apex=cuda and apex_kernels(), rope_fusion=te_rope and te_available())
+    if te_rope:
+        factor = model_rope_scaling(model, model.rope, "model.rope").attention_factor
+        kwargs["softmax_scale"] = folded_softmax_scale(model.head_dim, factor)
+    return TransformerConfig(**kwargs)
 
 
 def layer_spec(model: ModelConfig, backends: ModelBackends):
     """megatron's layer spec for `backends.spec`, with megamid's core attention (SDPA/FlexAttention with
-    context parallelism) where `backends.attention` says so (see megamid.attention)."""
+    context parallelism) where `backends.attention` says so (see megamid.attention), and megamid's fused
+    RoPE attention where `backends.rope_fusion` is "megamid"."""
     from megatron.core.models.gpt import gpt_layer_specs
 
     from megamid.attention import with_core_attention
@@ -93,13 +116,20 @@ def layer_spec(model: ModelConfig, backends: ModelBackends):
     else:
         spec = gpt_layer_specs.get_gpt_layer_local_spec(normalization=model.normalization,
                                                         qk_layernorm=model.qk_layernorm)
-    return with_core_attention(spec, backends.attention)
+    spec = with_core_attention(spec, backends.attention)
+    if backends.rope_fusion == "megamid":
+        from megamid.attention.rope_attention import with_fused_rope
+        from megamid.rope import model_rope_scaling
+
+        spec = with_fused_rope(spec, model_rope_scaling(model, model.rope, "model.rope").rotary_dim)
+    return spec
 
 
 def build_gpt_chunks(model: ModelConfig, parallel: ParallelConfig, recompute="none", backends: ModelBackends = None,
-                     fp8=None) -> list:
+                     fp8=None, rope_fusion: str = None) -> list:
     """The GPTModel chunks this rank holds (one per virtual pipeline stage), unwrapped, on device, built
-    with `backends` (default: resolve_backends()). Each chunk's GPTModel carries `.backends`.
+    with `backends` (default: resolve_backends(model=model)). Each chunk's GPTModel carries `.backends`
+    and `.rope_fusion`; `rope_fusion` ("te" | "megamid" | "none") overrides the backends' RoPE path.
 
     Megatron's parallel state must be initialised for `parallel` first."""
     from megatron.core import parallel_state
@@ -108,7 +138,9 @@ def build_gpt_chunks(model: ModelConfig, parallel: ParallelConfig, recompute="no
     from megamid.platform import device
 
     check_layout(model, parallel)
-    backends = resolve_backends() if backends is None else backends
+    backends = resolve_backends(model=model) if backends is None else backends
+    if rope_fusion is not None:
+        backends = replace(backends, rope_fusion=rope_fusion)
     config = transformer_config(model, parallel, recompute, fp8, backends)
     spec = layer_spec(model, backends)
     rope = dict(model.rope)
@@ -130,8 +162,8 @@ def build_gpt_chunks(model: ModelConfig, parallel: ParallelConfig, recompute="no
             rotary_base=int(rope.get("theta", 10000)),
             vp_stage=vp,
         )
-        set_rope(gpt, model.rope)
-        gpt.backends = backends
+        set_rope(gpt, model.rope, fusion=backends.rope_fusion)
+        gpt.backends, gpt.rope_fusion = backends, backends.rope_fusion
         gpt.to(device())
         if model.dtype != "fp32":
             gpt = Float16Module(config, gpt)
@@ -158,11 +190,13 @@ def gpt_model_class():
     return _MODEL_CLASS
 
 
-def set_rope(gpt, rope: dict) -> None:
+def set_rope(gpt, rope: dict, fusion: str = "none") -> None:
     """Puts megamid's rotary embedding for `rope` (any scaling method) on a GPTModel, or switches the
     one it has to a new scaling (a phase change): every cached cos/sin table is rebuilt and the
-    attention factor is re-bound to the model's TransformerConfig."""
+    attention factor is re-bound to the model's TransformerConfig (on TE's fused path: the softmax
+    scale of every attention layer). `fusion` is used when installing; a switch keeps the model's."""
     from megamid.rope import RopeScaling
+    from megamid.rope.fusion import set_softmax_scale
     from megamid.rope.rotary_embedding import ScaledRotaryEmbedding, install_rotary_embedding
 
     gpt = unwrap(gpt)
@@ -171,7 +205,9 @@ def set_rope(gpt, rope: dict) -> None:
         gpt.rotary_pos_emb.set_scaling(scaling)
         gpt.rotary_pos_emb_cache.clear()
     else:
-        install_rotary_embedding(gpt, scaling)
+        install_rotary_embedding(gpt, scaling, fusion=fusion)
+    if gpt.rotary_pos_emb.fusion == "te":
+        set_softmax_scale(gpt, gpt.config.softmax_scale)
 
 
 def wrap_ddp(chunks: list, parallel: ParallelConfig, fp8=None, overlap_param_gather: bool = False) -> list:

@@ -5,6 +5,11 @@ and gets megatron's freqs [s, 1, 1, rotary_dim] (angles; megatron takes cos/sin 
 The attention factor cannot travel in the angles: megatron's attention multiplies cos and sin by
 `_yarn_get_concentration_factor_from_config(config)` (the YaRN path), so `bind_attention_factor`
 writes yarn_* attributes on the TransformerConfig that make that function return our factor.
+
+With model.rope_fusion (megamid.rope.fusion) the module serves the other paths too: "te" binds factor 1
+and puts f^2 / sqrt(head_dim) in config.softmax_scale (TE's fused RoPE refuses a factor); "megamid"
+returns, in place of the angles, the kernel's inputs (inv_freq and positions in one float32 tensor)
+for RopeFusedSelfAttention.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEm
 from megatron.core.models.common.embeddings.yarn_rotary_pos_embedding import _yarn_get_concentration_factor
 
 from megamid.config.base import fail
+from megamid.rope.fusion import PATHS, check_te_fold, folded_softmax_scale, pack_rope_inputs
 from megamid.rope.positions import cp_shard_positions
 from megamid.rope.scaling import RopeScaling
 
@@ -60,7 +66,10 @@ class ScaledRotaryEmbedding(RotaryEmbedding):
     max(position_ids) + 1) and cached per (length, offset, packed, cp group); `set_scaling` drops them."""
 
     def __init__(self, rope: RopeScaling, *, rotary_interleaved: bool = False, cp_group=None, config=None,
-                 cache_size: int = 16):
+                 cache_size: int = 16, fusion: str = "none"):
+        if fusion not in PATHS:
+            fail("rope_fusion", fusion, f"one of {PATHS} (model.rope_fusion resolved by rope_fusion_path)")
+        self.fusion = fusion
         super().__init__(kv_channels=rope.head_dim, rotary_percent=rope.partial_rotary_factor,
                          rotary_interleaved=rotary_interleaved, rotary_base=rope.theta,
                          use_cpu_initialization=True, cp_group=cp_group)
@@ -77,15 +86,24 @@ class ScaledRotaryEmbedding(RotaryEmbedding):
             fail("rope.partial_rotary_factor", rope.partial_rotary_factor,
                  f"the model rotates {self.rope.rotary_dim} of head_dim={self.rope.head_dim} channels; "
                  f"the new scaling must keep head_dim and rotary_dim (got {rope.head_dim}, {rope.rotary_dim})")
+        if self.fusion == "te":
+            check_te_fold(rope, "rope")
         self.rope = rope
         self.inv_freq = rope.inv_freq(None).to(_device())  # megatron's attribute, for code that reads it
         self._cache.clear()
         if self.config is not None:
-            bind_attention_factor(self.config, rope.attention_factor)
+            bind_attention_factor(self.config, self.rotation_factor)
+            if self.fusion == "te":  # the core attentions already built take it from set_softmax_scale
+                self.config.softmax_scale = folded_softmax_scale(rope.head_dim, rope.attention_factor)
 
     @property
     def attention_factor(self) -> float:
         return self.rope.attention_factor
+
+    @property
+    def rotation_factor(self) -> float:
+        """The factor cos and sin carry: 1 where the softmax scale holds it (TE's fused path)."""
+        return 1.0 if self.fusion == "te" else self.rope.attention_factor
 
     def _inv_freq(self, seq_len: int) -> torch.Tensor:
         return self.rope.inv_freq(seq_len).to(_device())
@@ -106,7 +124,7 @@ class ScaledRotaryEmbedding(RotaryEmbedding):
         """cos, sin [s, rotary_dim // 2] for megatron's flash-decode path, which applies no mscale:
         they carry the attention factor here, as HF's do."""
         freqs = self.get_freqs_non_repeated(max_seq_len, offset)
-        factor = self.attention_factor
+        factor = self.rotation_factor
         return torch.cos(freqs) * factor, torch.sin(freqs) * factor
 
     def get_emb(self, max_seq_len: int, offset: int = 0) -> torch.Tensor:
@@ -125,7 +143,10 @@ class ScaledRotaryEmbedding(RotaryEmbedding):
         if cp_group is not None and cp_group.size() > 1 and not packed_seq:
             # indexing positions is the same slice as megatron's, without its pinned-memory copy (no CUDA)
             positions = positions[cp_shard_positions(max_seq_len, cp_group.size(), cp_group.rank()).to(_device())]
-        emb = self._emb(positions + offset, max_seq_len + offset)[:, None, None, :]
+        if self.fusion == "megamid":
+            emb = pack_rope_inputs(self._inv_freq(max_seq_len + offset), positions + offset)
+        else:
+            emb = self._emb(positions + offset, max_seq_len + offset)[:, None, None, :]
         self._cache[key] = emb
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
@@ -141,11 +162,22 @@ class ScaledRotaryEmbedding(RotaryEmbedding):
             fail("position_ids", tuple(position_ids.shape), "expected [batch, seq]")
         if seq_len is None:
             seq_len = int(position_ids.max()) + 1 if position_ids.numel() else 1
+        if self.fusion == "megamid":  # the kernel's inputs: inv_freq and positions [s, b]
+            return pack_rope_inputs(self._inv_freq(seq_len), position_ids.to(_device()).t())
+        if self.fusion == "te" and position_ids.shape[0] > 1:
+            # TE's fused RoPE takes one row of angles for the whole batch
+            if not bool((position_ids == position_ids[:1]).all()):
+                raise NotImplementedError("TE's fused RoPE (model.rope_fusion: te) takes one row of positions for "
+                                          "the whole batch; rows with their own positions (packed documents) need "
+                                          "model.rope_fusion: megamid or none")
+            position_ids = position_ids[:1]
         return self._emb(position_ids.to(_device()), seq_len).transpose(0, 1)[:, :, None, :].contiguous()
 
     def hf_cos_sin(self, position_ids: torch.Tensor, seq_len: int | None = None):
         """(cos, sin) [b, s, rotary_dim] multiplied by the attention factor, as HF's rotary module returns."""
-        emb = self.freqs_for_positions(position_ids, seq_len)[:, :, 0].transpose(0, 1)
+        if seq_len is None:
+            seq_len = int(position_ids.max()) + 1 if position_ids.numel() else 1
+        emb = self._emb(position_ids.to(_device()), seq_len)
         factor = self.attention_factor
         return emb.cos() * factor, emb.sin() * factor
 
@@ -168,9 +200,10 @@ class PositionIdsRopeMixin:
         return out
 
 
-def install_rotary_embedding(gpt, rope: RopeScaling) -> ScaledRotaryEmbedding:
+def install_rotary_embedding(gpt, rope: RopeScaling, fusion: str = "none") -> ScaledRotaryEmbedding:
     """Replace a GPTModel's rotary embedding (built with position_embedding_type="rope") by one for
-    `rope`, and bind its attention factor to the model's TransformerConfig."""
+    `rope`, and bind its attention factor to the model's TransformerConfig; `fusion` is the path
+    megamid.rope.fusion.rope_fusion_path chose for the model."""
     if getattr(gpt, "position_embedding_type", None) != "rope":
         fail("position_embedding_type", getattr(gpt, "position_embedding_type", None), "expected 'rope'")
     kv_channels = gpt.config.kv_channels
@@ -178,7 +211,7 @@ def install_rotary_embedding(gpt, rope: RopeScaling) -> ScaledRotaryEmbedding:
         fail("rope.head_dim", rope.head_dim, f"must equal the model's kv_channels={kv_channels}")
     old = getattr(gpt, "rotary_pos_emb", None)
     module = ScaledRotaryEmbedding(rope, rotary_interleaved=gpt.config.rotary_interleaved,
-                                   cp_group=getattr(old, "cp_group", None), config=gpt.config)
+                                   cp_group=getattr(old, "cp_group", None), config=gpt.config, fusion=fusion)
     gpt.rotary_pos_emb = module
     gpt.rotary_pos_emb_cache.clear()  # GPTModel's own flash-decode cos/sin cache
     return module

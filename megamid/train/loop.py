@@ -55,7 +55,7 @@ class Trainer:
             raise ConfigError(f"model.vocab_size={self.recipe.model.vocab_size} is invalid: the tokenizer "
                               f"{self.recipe.tokenizer!r} has {self.tokenizer.vocab_size} tokens")
         self.special_ids, self.generation = self._special_ids()
-        self.backends = backends or resolve_backends()
+        self.backends = backends or resolve_backends(model=self.recipe.model)
         self.runner = StepRunner(self.recipe.model, self.backends)
         if callbacks is None:
             from megamid.train.monitor import Monitor
@@ -86,6 +86,7 @@ class Trainer:
         if self.runner.build(phase):
             self._rope = self.recipe.model.rope
             self.log(self.backends.describe(phase.parallel))
+            self.log(self.runner.describe_rope())
             self.log(self.runner.describe_engine())
             self._build_optimizer(phase)
 

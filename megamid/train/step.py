@@ -81,6 +81,13 @@ class StepRunner:
         self.optimizer = None
         return True
 
+    def describe_rope(self) -> str:
+        from megamid.model import unwrap
+        from megamid.rope.fusion import describe_rope_fusion
+
+        gpt = unwrap(self.chunks[0])
+        return describe_rope_fusion(self.backends.rope_fusion, gpt.rotary_pos_emb.attention_factor)
+
     def describe_engine(self) -> str:
         from megamid.model import unwrap
         from megamid.model.engine_config import describe_engine
@@ -106,7 +113,7 @@ class StepRunner:
         from megamid.model.builder import set_rope
 
         for chunk in self.chunks:
-            set_rope(chunk, rope)
+            set_rope(chunk, rope)   # a switch keeps the model's rope_fusion path
 
     def set_rope_length(self, seq_len: int, context_parallel: int) -> None:
         """Length-dependent scalings (dynamic NTK, LongRoPE) must see the global sequence length on every

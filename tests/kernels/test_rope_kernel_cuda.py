@@ -67,7 +67,7 @@ def _run(dtype, layout, hq, hk, d, rotary_dim, *, interleaved=False, cp_size=1, 
     for backward in (False, True):
         q, k = fresh(hq), fresh(hk)
         q_out, k_out = torch.full_like(q, math.nan), torch.full_like(k, math.nan)
-        rope_ops._cuda_rope_qk(q, k, q_out, k_out, inv_freq, factor, layout, interleaved, cu, pos, cp_size,
+        rope_ops._kernel_rope_qk(q, k, q_out, k_out, inv_freq, factor, layout, interleaved, cu, pos, cp_size,
                                cp_rank, backward)
         low = rope_reference(q, k, inv_freq, factor, backward=backward, **kw)
         exact = rope_reference(q.double(), k.double(), inv_freq, factor, backward=backward, **kw)
@@ -133,7 +133,7 @@ def test_fused_qkv_forward_and_backward(layout, dtype):
     qkv = torch.randn(*lead, groups, (q_per_group + 2) * d, device=dev).to(dtype)
     shapes = rope_ops._fused_shapes(qkv.shape, d)
     q, k, v = (torch.full(s, math.nan, device=dev, dtype=dtype) for s in shapes)
-    rope_ops._cuda_rope_fused_qkv(qkv, q, k, v, inv_freq, factor, layout, False, cu, None, 1, 0, False)
+    rope_ops._kernel_rope_fused_qkv(qkv, q, k, v, inv_freq, factor, layout, False, cu, None, 1, 0, False)
     low = rope_fused_qkv_reference(qkv, inv_freq, factor, head_dim=d, **kw)
     exact = rope_fused_qkv_reference(qkv.double(), inv_freq, factor, head_dim=d, **kw)
     for name, got, lo, ex in zip("qkv", (q, k, v), low, exact):
@@ -141,7 +141,7 @@ def test_fused_qkv_forward_and_backward(layout, dtype):
     torch.testing.assert_close(v, low[2], atol=0, rtol=0)
     grads = [torch.randn(s, device=dev).to(dtype) for s in shapes]
     grad_qkv = torch.full_like(qkv, math.nan)
-    rope_ops._cuda_rope_fused_qkv(grad_qkv, *grads, inv_freq, factor, layout, False, cu, None, 1, 0, True)
+    rope_ops._kernel_rope_fused_qkv(grad_qkv, *grads, inv_freq, factor, layout, False, cu, None, 1, 0, True)
     low = rope_fused_qkv_backward_reference(*grads, inv_freq, factor, **kw)
     exact = rope_fused_qkv_backward_reference(*(g.double() for g in grads), inv_freq, factor, **kw)
     _assert_within_reference_error(grad_qkv, low, exact, dtype, "fused backward")

@@ -116,9 +116,11 @@ def test_non_contiguous_inputs_keep_their_layout():
 def test_kernel_switch(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.setenv("MEGAMID_KERNELS", "auto")
-    assert kernel_backend(cpu, torch.bfloat16) == "reference"
+    assert kernel_backend(cpu, torch.bfloat16) == "cpu"  # the CPU loop of megamid._C
+    assert kernel_backend(cpu, torch.float64) == "reference"  # gradcheck's dtype: the reference
     monkeypatch.setenv("MEGAMID_KERNELS", "reference")
     assert kernel_backend(torch.device("cuda"), torch.bfloat16) == "reference"
+    assert kernel_backend(cpu, torch.bfloat16) == "reference"
     monkeypatch.setenv("MEGAMID_KERNELS", "fast")
     with pytest.raises(ValueError, match="MEGAMID_KERNELS='fast'"):
         kernel_backend(cpu, torch.float32)
@@ -128,6 +130,15 @@ def test_kernel_switch(monkeypatch):
     monkeypatch.setattr(rope_ops, "_cuda", None)
     with pytest.raises(RuntimeError, match="not built"):
         kernel_backend(torch.device("cuda"), torch.bfloat16)
+    monkeypatch.setenv("MEGAMID_KERNELS", "cpu")
+    assert kernel_backend(cpu, torch.float16) == "cpu"
+    with pytest.raises(RuntimeError, match="MEGAMID_KERNELS=cpu"):
+        kernel_backend(cpu, torch.float64)
+    monkeypatch.setattr(rope_ops, "_cpu", None)
+    with pytest.raises(RuntimeError, match="megamid._C is not built"):
+        kernel_backend(cpu, torch.float32)
+    monkeypatch.setenv("MEGAMID_KERNELS", "auto")
+    assert kernel_backend(cpu, torch.float32) == "reference"
 
 
 @pytest.mark.parametrize("kwargs,match", [

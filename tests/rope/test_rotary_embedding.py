@@ -234,3 +234,43 @@ def test_position_ids_mixin_replaces_megatron_freqs():
     model.rope_seq_len = 4 * ORIGINAL  # global length under CP picks the dynamic base for it
     out = model._preprocess(tokens, position_ids)
     torch.testing.assert_close(out[1][:, 1], model.rotary_pos_emb(4 * ORIGINAL)[:80, 0], rtol=0, atol=0)
+
+
+# ---- model.rope_fusion: what the module hands megatron on the te and megamid paths ----------------
+@pytest.mark.parametrize("kind", ["yarn", "dynamic", "longrope"])
+def test_megamid_fusion_hands_over_inv_freq_and_positions(kind):
+    from megamid.rope.fusion import unpack_rope_inputs
+
+    rope = make(kind)
+    seq_len, cp = 128, 4
+    for rank in range(cp):
+        ours = ScaledRotaryEmbedding(rope, cp_group=FakeGroup(cp, rank), fusion="megamid")
+        inv_freq, positions = unpack_rope_inputs(ours(seq_len), rope.rotary_dim, seq_len // cp, 1)
+        torch.testing.assert_close(inv_freq, rope.inv_freq(seq_len), rtol=0, atol=0)  # the full length's table
+        assert torch.equal(positions[:, 0], cp_shard_positions(seq_len, cp, rank))
+    ours = ScaledRotaryEmbedding(rope, fusion="megamid")
+    position_ids = torch.stack((torch.arange(40), packed_positions(torch.tensor([0, 10, 40]))))  # [b, s]
+    inv_freq, positions = unpack_rope_inputs(ours.freqs_for_positions(position_ids), rope.rotary_dim, 40, 2)
+    torch.testing.assert_close(inv_freq, rope.inv_freq(40), rtol=0, atol=0)
+    assert torch.equal(positions, position_ids.t())
+
+
+def test_te_fusion_moves_the_factor_to_the_softmax_scale():
+    from megatron.core.transformer import TransformerConfig
+
+    rope = make("yarn", partial=1.0)
+    config = TransformerConfig(num_layers=1, hidden_size=128, num_attention_heads=4, use_cpu_initialization=True)
+    ours = ScaledRotaryEmbedding(rope, config=config, fusion="te")
+    assert _yarn_get_concentration_factor_from_config(config) == 1.0  # TE's fused RoPE accepts only 1
+    assert config.softmax_scale == pytest.approx(rope.attention_factor ** 2 / math.sqrt(32), rel=1e-15)
+    cos, _ = ours.get_cos_sin(16)
+    assert float(cos[0, 0]) == 1.0  # cos/sin unscaled
+    same_rows = torch.arange(16).expand(3, 16)
+    assert ours.freqs_for_positions(same_rows).shape == (16, 1, 1, 32)  # one row for the batch, as TE takes
+    with pytest.raises(NotImplementedError, match="one row of positions"):
+        ours.freqs_for_positions(torch.stack((torch.arange(16), torch.arange(16).flip(0))))
+    partial = ScaledRotaryEmbedding(make("default"), fusion="te")  # factor 1: the fold is exact
+    with pytest.raises(ConfigError, match="cannot be folded"):  # a phase bringing a factor: it would not be
+        partial.set_scaling(make("yarn"))
+    with pytest.raises(ConfigError, match="rope_fusion"):
+        ScaledRotaryEmbedding(rope, fusion="fast")

@@ -66,7 +66,7 @@ def test_kill_in_second_phase_and_resume_equals_uninterrupted(tmp_path, three_ph
     assert final["data_consumed"]["curated"] > 0
     # Checkpoints record the rope they were trained with and the backends the model was built with.
     assert extend["rope"]["type"] == "yarn" and final["rope"] == {"type": "default", "theta": 10000.0}
-    assert final["backends"] == {"spec": "local", "attention": "megamid"}
+    assert final["backends"] == {"spec": "local", "attention": "megamid", "rope_fusion": "none"}
     # TensorBoard scalars are written where tensorboard is installed (the dev extra installs it).
     pytest.importorskip("tensorboard")
     events = os.listdir(tmp_path / "straight_ckpt" / "tensorboard")
