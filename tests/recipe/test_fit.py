@@ -7,6 +7,8 @@ import pytest
 
 from megamid.cli import main
 from megamid.config import ModelConfig, ParallelConfig, TrainingConfig
+from megamid.config.fp8 import Fp8Config
+from megamid.config.recompute import RecomputeConfig
 from megamid.recipe.fit import format_memory_table, hardware_problems, phase_memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -15,10 +17,10 @@ LLAMA3_8B = ModelConfig(num_layers=32, hidden_size=4096, num_attention_heads=32,
 
 
 def fake_plan(parallel, seq_len=8192, recompute=None, fp8=None, dp=4, world=8):
-    """A RecipePlan look-alike whose phase carries per-phase recompute/fp8 (as the typed plan will)."""
+    """A RecipePlan look-alike: one PhasePlan-like row with its resolved recompute and fp8."""
     training = TrainingConfig(global_batch_size=64, micro_batch_size=1, seq_len=seq_len, train_steps=1)
-    phase = SimpleNamespace(name="p", training=training, parallel=parallel, recompute=recompute, fp8=fp8)
-    row = SimpleNamespace(name="p", phase=phase, data_parallel_size=dp, layout="L")
+    row = SimpleNamespace(name="p", training=training, parallel=parallel, data_parallel_size=dp, layout="L",
+                          recompute=RecomputeConfig.from_value(recompute), fp8=Fp8Config.from_value(fp8))
     return SimpleNamespace(recipe=SimpleNamespace(model=LLAMA3_8B), phases=[row], world_size=world)
 
 
