@@ -104,26 +104,27 @@ def main():
         weights[name] = load(p(name), model)
     _, base_run = train(recipe, p("from_mean"), f"base={p('mean')}", "checkpoint.load=none")
 
-    # another model: A's checkpoint with a different num_layers in its saved config
-    other = p("other")
-    shutil.copytree(find_latest(p("a")), other)
-    meta = read_state(other)
-    meta["config"]["model"]["num_layers"] = 1
-    with open(os.path.join(other, "megamid.json"), "w") as f:
-        json.dump(meta, f)
-    with open(os.path.join(other, MANIFEST)) as f:  # an edit the manifest knows of: the checkpoint verifies
-        manifest = json.load(f)
-    manifest["files"].update(file_entries(other, ["megamid.json"]))
-    with open(os.path.join(other, MANIFEST), "w") as f:
-        json.dump(manifest, f)
+    def edited_copy(name, edit):
+        """A's checkpoint with its megamid.json edited, and the manifest told (so the copy verifies)."""
+        path = p(name)
+        shutil.copytree(find_latest(p("a")), path)
+        meta = read_state(path)
+        edit(meta)
+        with open(os.path.join(path, "megamid.json"), "w") as f:
+            json.dump(meta, f)
+        with open(os.path.join(path, MANIFEST)) as f:
+            manifest = json.load(f)
+        manifest["files"].update(file_entries(path, ["megamid.json"]))
+        with open(os.path.join(path, MANIFEST), "w") as f:
+            json.dump(manifest, f)
+        return path
+
+    # another model: a different num_layers in its record
+    other = edited_copy("other", lambda meta: meta["model"].update(num_layers=1))
     mismatch_rc, mismatch_err = tool(p("a"), other, "--out", p("bad"))
-    # the same model trained with another rope (a pre-record checkpoint: its rope is config.model.rope)
-    other_rope = p("other_rope")
-    shutil.copytree(find_latest(p("a")), other_rope)
-    meta = read_state(other_rope)
-    meta["config"]["model"]["rope"] = {"type": "yarn", "factor": 2.0, "original_max_position_embeddings": 32}
-    with open(os.path.join(other_rope, "megamid.json"), "w") as f:
-        json.dump(meta, f)
+    # the same model trained with another rope
+    yarn = {"type": "yarn", "factor": 2.0, "original_max_position_embeddings": 32}
+    other_rope = edited_copy("other_rope", lambda meta: meta.update(rope=yarn))
     rope_rc, rope_err = tool(p("a"), other_rope, "--out", p("bad_rope"))
     weighted_rc, weighted_err = tool(p("a"), p("b"), "--out", p("weighted"), "--weights", "3,1")
     weights["weighted"] = load(p("weighted"), model)

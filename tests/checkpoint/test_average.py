@@ -80,7 +80,10 @@ def test_the_average_is_a_usable_base_with_its_provenance(averaged):
     assert state["record_version"] == 1 and state["provenance"]["kind"] == "average"
     assert state["provenance"]["sources"] == state["state"]["averaged_from"]
     assert state["rope"] == {"type": "default", "theta": 10000.0} and state["tokenizer"] == "byte"
-    assert state["special_ids"] == {"bos": None, "eos": None, "pad": None}  # pre-record inputs: the tokenizer's
+    from megamid.data.tokenizer import ByteTokenizer
+
+    byte = ByteTokenizer()
+    assert state["special_ids"] == {"bos": None, "eos": byte.eod, "pad": byte.pad}  # the inputs' (the tokenizer's)
 
 
 @pytest.mark.parametrize("weights, count, message", [
