@@ -5,16 +5,9 @@ parallelism (CP=2, plain and packed rows) gives the single-process losses with m
 each rank's dual-chunk shard (its CPU loop here). Same harness as tests/attention/test_context_parallel.py.
 """
 
-import importlib.util
-import os
-
 import pytest
 
-_spec = importlib.util.spec_from_file_location(
-    "megamid_train_conftest", os.path.join(os.path.dirname(__file__), "..", "train", "conftest.py"))
-_train = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_train)
-corpus, recipe_file = _train.corpus, _train.recipe_file   # fixtures, used by name below
+from helpers import training as _train
 
 YARN = {"type": "yarn", "factor": 4, "original_max_position_embeddings": 32, "theta": 10000}
 FUSED, PACK = "model.rope_fusion=megamid", "data.pack=true"
