@@ -17,6 +17,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: the helpers package
 from hf_logits_driver import BASE, CASES, SEQ_LENS, hf_model, randomize  # noqa: E402
 
 PATHS = ("none", "te", "megamid")
@@ -45,7 +46,7 @@ def logits(gpt, cfg, seed, grad=False):
 
 
 def run_case(name, spec, seed):
-    from megamid.checkpoint.hf_llama import megatron_to_hf
+    from helpers.hf_state import megatron_to_hf
     from megamid.config import ConfigError, ModelConfig, ParallelConfig
     from megamid.model.builder import build_gpt_chunks, set_rope
     from megamid.rope.fusion import set_softmax_scale
