@@ -3,6 +3,8 @@
 import numpy as np
 import torch
 
+from megamid.rope.positions import packed_positions
+
 try:
     from megamid import _C
 except ImportError:  # extension not built: the reference below serves
@@ -10,19 +12,15 @@ except ImportError:  # extension not built: the reference below serves
 
 
 def doc_positions_reference(tokens: np.ndarray, eod: int):
+    """The C++ helper's reference: documents end at every EOD and at every row's end; positions restart
+    at each (megamid.rope.positions.packed_positions of those boundaries)."""
     tokens = np.asarray(tokens, dtype=np.int64)
     rows, seq_len = tokens.shape
-    positions = np.empty_like(tokens)
-    cu = [0]
-    for r in range(rows):
-        p = 0
-        for i in range(seq_len):
-            positions[r, i] = p
-            p += 1
-            if tokens[r, i] == eod or i == seq_len - 1:
-                cu.append(r * seq_len + i + 1)
-                p = 0
-    return positions, np.asarray(cu, dtype=np.int32)
+    ends = tokens == eod
+    ends[:, -1] = True
+    cu = np.concatenate([[0], np.flatnonzero(ends.reshape(-1)) + 1]).astype(np.int32)
+    positions = packed_positions(torch.from_numpy(cu.astype(np.int64))).numpy().reshape(rows, seq_len)
+    return positions, cu
 
 
 def doc_positions(tokens, eod: int):

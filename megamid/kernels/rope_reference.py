@@ -9,18 +9,9 @@ bf16/fp16 before the multiply: one rounding instead of three.
 
 import torch
 
+from megamid.rope.positions import cp_shard_positions, packed_cp_shard_positions
+
 LAYOUTS = ("sbhd", "thd")
-
-
-def cp_positions(j: torch.Tensor, length, cp_size: int, cp_rank: int) -> torch.Tensor:
-    """Global positions of local indices j in Megatron's dual-chunk context-parallel layout.
-
-    A sequence is cut into 2 * cp_size chunks; rank r holds chunks r and 2 * cp_size - 1 - r, so its
-    local length is 2 * chunk. `length` is that local length (a tensor per document for THD)."""
-    if cp_size == 1:
-        return j
-    chunk = length // 2
-    return torch.where(j < chunk, cp_rank * chunk + j, (2 * cp_size - 1 - cp_rank) * chunk + (j - chunk))
 
 
 def rope_positions(layout: str, seq_len: int, batch: int, *, cu_seqlens=None, position_ids=None,
@@ -35,16 +26,11 @@ def rope_positions(layout: str, seq_len: int, batch: int, *, cu_seqlens=None, po
         if pos.dim() == 1:
             return pos[:, None].expand(seq_len, batch)
         return pos.t().expand(seq_len, batch)  # [b, s] (HF's layout) -> [s, b]
-    j = torch.arange(seq_len, device=device, dtype=torch.int64)
-    length = seq_len
     if cu_seqlens is not None:
-        cu = cu_seqlens.to(device=device, dtype=torch.int64)
-        local = cu // cp_size
-        doc = torch.searchsorted(local[:-1].contiguous(), j, right=True) - 1
-        doc = doc.clamp(min=0)
-        j = j - local[doc]
-        length = (cu[doc + 1] - cu[doc]) // cp_size
-    return cp_positions(j, length, cp_size, cp_rank)[:, None].expand(seq_len, batch)
+        pos = packed_cp_shard_positions(cu_seqlens.to(device=device, dtype=torch.int64), cp_size, cp_rank)
+    else:
+        pos = cp_shard_positions(seq_len * cp_size, cp_size, cp_rank, device=device)
+    return pos[:, None].expand(seq_len, batch)
 
 
 def _rotate(x, cos, sin, rotary_dim: int, interleaved: bool):

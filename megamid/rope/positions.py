@@ -14,6 +14,8 @@ def cp_shard_positions(seq_len: int, cp_size: int, cp_rank: int, device=None) ->
     so every rank gets the same causal-attention work (what `get_pos_emb_on_this_cp_rank` slices)."""
     if cp_size < 1 or not 0 <= cp_rank < cp_size:
         fail("cp_rank", cp_rank, f"expected 0 <= cp_rank < cp_size={cp_size}")
+    if cp_size == 1:
+        return torch.arange(seq_len, device=device)
     if seq_len % (2 * cp_size):
         fail("seq_len", seq_len, f"must be divisible by 2 * cp_size = {2 * cp_size}")
     chunk = seq_len // (2 * cp_size)

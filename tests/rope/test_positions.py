@@ -58,11 +58,18 @@ def test_packed_positions_restart_at_documents():
     assert packed_positions(torch.tensor([0])).tolist() == []
 
 
-def test_packed_positions_agree_with_eod_positions():
-    # the data pipeline's doc_positions (EOD-separated rows) gives cu_seqlens; both give the same positions
-    tokens = torch.tensor([[5, 6, 0, 7, 8, 9, 0, 4], [1, 0, 2, 3, 4, 5, 6, 0]]).numpy()
-    positions, cu = doc_positions_reference(tokens, eod=0)
-    assert packed_positions(torch.from_numpy(cu)).tolist() == positions.reshape(-1).tolist()
+@pytest.mark.parametrize("impl", ["reference", "cpp"])
+def test_eod_positions_restart_after_every_eod_and_row(impl):
+    # the data pipeline's doc_positions (EOD-separated rows): its C++ helper and its reference, by hand
+    from megamid.kernels.doc_positions import doc_positions
+
+    tokens = torch.tensor([[5, 6, 0, 7, 8, 9, 0, 4], [1, 0, 2, 3, 4, 5, 6, 0]])
+    if impl == "reference":
+        positions, cu = (torch.from_numpy(a) for a in doc_positions_reference(tokens.numpy(), eod=0))
+    else:
+        positions, cu = doc_positions(tokens, eod=0)
+    assert positions.tolist() == [[0, 1, 2, 0, 1, 2, 3, 0], [0, 1, 0, 1, 2, 3, 4, 5]]
+    assert cu.tolist() == [0, 3, 7, 8, 10, 16]
 
 
 def test_packed_positions_errors():
