@@ -16,6 +16,7 @@ def _assert_same_weights(a, b):
             assert torch.equal(chunk_a[key], chunk_b[key]), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("distributed_optimizer", [False, True])
 def test_resume_is_bit_identical(tmp_path, recipe_file, distributed_optimizer):
     recipe = recipe_file(parallel={"use_distributed_optimizer": distributed_optimizer},
@@ -36,6 +37,7 @@ def test_resume_is_bit_identical(tmp_path, recipe_file, distributed_optimizer):
     assert open(os.path.join(ckpt, "latest")).read().strip() == "iter_0000004"
 
 
+@pytest.mark.slow
 def test_crash_between_shards_and_latest_keeps_previous_checkpoint(tmp_path, recipe_file):
     recipe = recipe_file(checkpoint={"load": "auto", "save_interval": 2, "save_final": True})
     ckpt = os.path.join(os.path.dirname(recipe), "ckpt")
@@ -53,6 +55,7 @@ def test_crash_between_shards_and_latest_keeps_previous_checkpoint(tmp_path, rec
     assert not os.path.exists(os.path.join(ckpt, "iter_0000004.partial"))
 
 
+@pytest.mark.slow
 def test_keep_last_prunes_old_checkpoints(tmp_path, recipe_file):
     recipe = recipe_file(checkpoint={"load": "auto", "save_interval": 1, "keep_last": 2, "save_final": True})
     ckpt = os.path.join(os.path.dirname(recipe), "ckpt")
