@@ -18,18 +18,6 @@ from megamid.recipe.plan import rope_scaling_for
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "examples", "tiny_cpu", "recipe.yaml")
 LLAMA = os.path.join(ROOT, "examples", "llama3_8b_128k", "recipe.yaml")
-CORPUS = ("pretrain", "code", "prose", "math", "long")
-
-
-@pytest.fixture
-def corpus_dir(tmp_path, monkeypatch):
-    """The tiny recipe's corpus/ as empty .bin/.idx files (plan checks that they exist, not their contents)."""
-    (tmp_path / "corpus").mkdir()
-    for name in CORPUS:
-        for ext in (".bin", ".idx"):
-            (tmp_path / "corpus" / f"{name}_text_document{ext}").write_bytes(b"")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def plan_cli(capsys, *argv):

@@ -15,18 +15,7 @@ from megamid.recipe import plan_recipe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "examples", "tiny_cpu", "recipe.yaml")
-CORPUS = ("pretrain", "code", "prose", "math", "long")
 FROM_CKPT = "training.lr.start_lr=from_checkpoint"  # the first phase (pretrain) inherits training.lr
-
-
-@pytest.fixture
-def corpus_dir(tmp_path, monkeypatch):
-    (tmp_path / "corpus").mkdir()
-    for name in CORPUS:
-        for ext in (".bin", ".idx"):
-            (tmp_path / "corpus" / f"{name}_text_document{ext}").write_bytes(b"")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def write_base(state: dict) -> None:
