@@ -1,8 +1,8 @@
 """Megatron-Core GPT weights <-> transformers Llama / Mistral / Qwen2 / Qwen3 weights, and the config.json.
 
-Pure functions of (state dict, ModelConfig) for one full model (TP=1, PP=1): no megatron imports,
-no I/O. `hf_to_megatron(megatron_to_hf(s, cfg), cfg)` returns every tensor of `s` bit for bit
-(megatron's `_extra_state` entries are not weights and are neither read nor written).
+Pure functions of (one decoder layer's weights, ModelConfig), no megatron imports, no I/O: conversion
+maps layer by layer (`hf_layer_to_megatron`, `megatron_layer_to_hf`, one table `layer_weight_sources`),
+and a round trip returns every tensor bit for bit (megatron's `_extra_state` entries are not weights).
 
 The layouts that differ:
 - attention: megatron's fused `linear_qkv` holds, for each query group g in turn, that group's
@@ -135,7 +135,7 @@ def hf_layer_to_megatron(layer: dict[str, Tensor], model_cfg: ModelConfig, where
             fail(missing[0], None, "missing from the checkpoint")
         out[megatron_name] = _from_hf(megatron_name, [layer.pop(s) for s in sources], model_cfg)
     if layer and only is None:
-        fail("state", sorted(where + k for k in layer)[:5], "keys hf_to_megatron does not know (a Llama / Qwen2 / "
+        fail("state", sorted(where + k for k in layer)[:5], "keys the HF -> megatron mapping does not know (a Llama / Qwen2 / "
              "Qwen3 checkpoint of this config expected)")
     return out
 

@@ -6,7 +6,7 @@
 Each partial result is a softmax-normalised output over its own keys and the log-sum-exp of its
 scaled scores (-inf: no key seen). The merge is lse = logaddexp(lse1, lse2) and
 out = exp(lse1 - lse) * out1 + exp(lse2 - lse) * out2: how ring attention combines its blocks.
-Backends (MEGAMID_KERNELS=auto|cuda|cpu|reference, read at each call, as megamid.kernels.rope):
+Backends (MEGAMID_KERNELS=auto|cuda|cpu|reference, as megamid.kernels.rope):
 auto = csrc/attention's CUDA kernel for CUDA tensors (megamid._cuda built), its C++ twin in
 megamid._C for contiguous float32/float64 CPU tensors, the pure-PyTorch reference otherwise;
 cuda / cpu = that kernel or an error; reference = always the reference below. Autograd uses the
