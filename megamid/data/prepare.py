@@ -71,8 +71,6 @@ def _chunks(inputs, text_key, quality_key, min_quality, stats, seen):
 def prepare(inputs, tokenizer: str, output_prefix: str, workers: int = 1, text_key: str = "text",
             quality_key=None, min_quality=None, dedup: bool = True) -> dict:
     """Tokenize `inputs` into output_prefix.bin/.idx; returns (and writes) the stats dict."""
-    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder  # heavy: lazy
-
     if not inputs:
         raise DataError("prepare: no --input files given; valid: text, .jsonl or .jsonl.gz files")
     for path in inputs:
@@ -80,6 +78,8 @@ def prepare(inputs, tokenizer: str, output_prefix: str, workers: int = 1, text_k
     if quality_key is not None and min_quality is None:
         raise DataError(f"quality_key={quality_key!r} needs min_quality (keep documents scoring >= it)")
     tok = load_tokenizer(tokenizer)
+    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder  # heavy: after the checks
+
     os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
     dtype = DType.optimal_dtype(tok.vocab_size)
     # Written under .partial names and renamed at the end: a failed prepare leaves an existing pair intact.
