@@ -11,7 +11,8 @@ Kill points (chosen at random, the kinds in turn):
   mid-save        when a new `iter_N.partial` directory appears (the save is writing its shards)
   phase-boundary  when metrics.jsonl logs a phase's last step (evaluation, final save, next phase set-up)
   mid-phase       when metrics.jsonl logs a random step inside a phase that is not a save step
-  random          after a random delay within the measured length of a launch
+  random          after a random delay within the expected length of the launch
+A kill that comes too late (the launch finished first) is retried in a later run, so N kills land.
 The tool only watches files and sends signals: it needs no hook in megamid.
 """
 
@@ -33,6 +34,7 @@ PHASES = [("warm", 6, {}), ("anneal", 4, {"lr": {"style": "linear", "peak_lr": 1
           ("long", 4, {"seq_len": 64, "global_batch_size": 2, "micro_batch_size": 1,
                        "rope": {"type": "yarn", "theta": 10000, "factor": 2, "original_max_position_embeddings": 32}})]
 SAVE_INTERVAL = 2
+TOTAL_STEPS = sum(steps for _, steps, _ in PHASES)
 
 
 def write_inputs(work: str) -> str:
@@ -284,26 +286,28 @@ def run_campaign(kills: int, kills_per_run: int, seed: int, work: str, out=print
     reference = final_checkpoint(ref_ckpt)
     reference_losses = {r["global_step"]: r["loss"] for r in _metrics(ref_ckpt)}
     out(f"reference: {len(reference_losses)} steps in {ref['seconds']:.1f}s, final {reference['name']}")
-    plan = [KINDS[i % len(KINDS)] for i in range(kills)]
-    rng.shuffle(plan)
-    total_leftovers, total_stray, identical, runs = 0, ref["stray"], 0, 0
+    queue = [KINDS[i % len(KINDS)] for i in range(kills)]
+    rng.shuffle(queue)
+    landed = identical = total_leftovers = missed = runs = 0
+    total_stray = ref["stray"]
     header = f"{'kill':>4} {'run':>3} {'kind':<15} {'where':<36} {'launches':>8} {'result':<14}"
     out(header)
     out("-" * len(header))
-    for first in range(0, kills, kills_per_run):
+    while queue and runs < 3 * kills:
         runs += 1
         run_dir = os.path.join(work, f"run{runs:02d}")
+        ckpt = os.path.join(run_dir, "ckpt")
         os.makedirs(run_dir)
         shutil.copy(recipe_src, os.path.join(run_dir, "recipe.yaml"))
-        kinds = plan[first:first + kills_per_run]
-        notes, launches, stray, pending = [], 0, 0, list(kinds)
+        pending, queue = queue[:kills_per_run], queue[kills_per_run:]
+        notes, launches, stray, failed = [], 0, 0, ""
         while True:
             launches += 1
             if launches > 3 * kills_per_run + 6:
-                notes.append(("-", "gave up: too many launches"))
+                failed = "gave up: too many launches"
                 break
-            kind, predicate = kill_point(pending[0], rng, timing, resume_step(os.path.join(run_dir, "ckpt"))) \
-                if pending else (None, None)
+            resumed = resume_step(ckpt)
+            kind, predicate = kill_point(pending[0], rng, timing, resumed) if pending else (None, None)
             result = launch(run_dir, "recipe.yaml", predicate, log=os.path.join(run_dir, "train.log"))
             stray += result["stray"]
             if result["killed"]:
@@ -311,29 +315,36 @@ def run_campaign(kills: int, kills_per_run: int, seed: int, work: str, out=print
                 notes.append((kind, result["note"]))
                 continue
             if result["rc"] != 0:
-                notes.append((kind or "-", f"launch failed (rc {result['rc']})"))
+                failed = f"launch failed (rc {result['rc']})"
                 break
-            if kind is not None:
-                pending.pop(0)
-                notes.append((kind, "missed: the run finished first"))
-                notes.extend((k, "missed: the run finished first") for k in pending)
+            _adapt(timing, result["seconds"], resumed)
+            missed += len(pending)        # the run finished before these kills: they go to a later run
+            queue.extend(pending)
             break
-        ckpt = os.path.join(run_dir, "ckpt")
         left = leftovers(ckpt)
         total_leftovers += len(left)
         total_stray += stray
-        problem = compare(ckpt, reference, reference_losses) if not any("failed" in n or "gave up" in n
-                                                                       for _, n in notes) else "did not finish"
-        for i, (kind, note) in enumerate(notes[:len(kinds)]):
-            landed = not note.startswith("missed")
-            good = landed and not problem and not left and not stray
+        problem = failed or compare(ckpt, reference, reference_losses)
+        for kind, note in notes:
+            landed += 1
+            good = not problem and not left and not stray
             identical += good
-            result = "bit-identical" if good else (problem or ("missed" if not landed else
-                                                               f"{len(left)} leftover, {stray} stray"))
-            out(f"{first + i + 1:>4} {runs:>3} {kind:<15} {note[:36]:<36} {launches:>8} {result:<14}")
+            result = "bit-identical" if good else (problem or f"{len(left)} leftover, {stray} stray")
+            out(f"{landed:>4} {runs:>3} {kind:<15} {note[:36]:<36} {launches:>8} {result:<14}")
+        if problem and not notes:
+            out(f"{'-':>4} {runs:>3} {'-':<15} {'(no kill landed)':<36} {launches:>8} {problem:<14}")
+    retried = f" ({missed} kill{'s' if missed != 1 else ''} that came too late retried in a later run)" if missed else ""
     summary = f"{identical}/{kills} bit-identical, {total_leftovers} leftovers, {total_stray} stray processes"
-    out(f"{kills} kills over {runs} runs; {summary}")
+    out(f"{landed} kills over {runs} runs{retried}; {summary}")
     return identical == kills and total_leftovers == 0 and total_stray == 0
+
+
+def _adapt(timing: dict, seconds: float, resumed: int) -> None:
+    """A launch that finished sooner than expected scales the estimate down (the machine got faster)."""
+    expected = timing["startup"] + timing["train"] * (TOTAL_STEPS - resumed) / TOTAL_STEPS
+    if seconds < expected:
+        timing["startup"] *= seconds / expected
+        timing["train"] *= seconds / expected
 
 
 def main(argv=None) -> int:

@@ -38,9 +38,9 @@ def _open_binary(path: str):
     return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
-def _read(f, path: str, size: int = -1):
+def _read(f, path: str) -> bytes:
     try:
-        return f.read(size) if size >= 0 else f.read()
+        return f.read()
     except (OSError, EOFError) as exc:  # a .gz that is not gzip, or truncated
         raise DataError(f"input {path!r} cannot be read as {'gzip' if path.endswith('.gz') else 'a file'}: "
                         f"{exc}") from None

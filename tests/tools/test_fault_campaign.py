@@ -5,6 +5,7 @@ whole process group): every run resumes to a final checkpoint and per-step losse
 uninterrupted run, with no leftover partial/deleting entries and no stray process."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -22,8 +23,9 @@ def test_three_kills_resume_bit_identical(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1].endswith(
         "3/3 bit-identical, 0 leftovers, 0 stray processes"), proc.stdout
-    rows = [line for line in proc.stdout.splitlines() if line.strip()[:1].isdigit()]
-    assert len(rows) == 3 and all("bit-identical" in r for r in rows), proc.stdout
+    rows = [line for line in proc.stdout.splitlines() if re.match(r"^\s*\d+\s+\d+\s+[a-z-]+\s", line)]
+    assert len(rows) == 3 and all(r.rstrip().endswith("bit-identical") for r in rows), proc.stdout
+    assert {r.split()[2] for r in rows} == {"mid-save", "phase-boundary", "mid-phase"}, proc.stdout
 
 
 def test_kill_points_target_steps_after_the_resume_point():
