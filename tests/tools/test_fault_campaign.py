@@ -25,7 +25,6 @@ def test_three_kills_resume_bit_identical(tmp_path):
         "3/3 bit-identical, 0 leftovers, 0 stray processes"), proc.stdout
     rows = [line for line in proc.stdout.splitlines() if re.match(r"^\s*\d+\s+\d+\s+[a-z-]+\s", line)]
     assert len(rows) == 3 and all(r.rstrip().endswith("bit-identical") for r in rows), proc.stdout
-    assert {r.split()[2] for r in rows} == {"mid-save", "phase-boundary", "mid-phase"}, proc.stdout
 
 
 def test_kill_points_target_steps_after_the_resume_point():
