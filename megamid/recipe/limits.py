@@ -2,7 +2,7 @@
 with an estimate of the memory they would need, instead of failing inside an allocation.
 
     problems = check_sizes(model, seq_len=4096, micro_batch=1, num_samples=steps * global_batch)
-    problems = check_recipe_sizes(recipe)          # every phase of a recipe
+    problems = check_phase_sizes(model, phases)    # every resolved phase of a plan
 
 Pure functions of the configs and two limits (no torch, no megatron). These are sanity bounds, not a
 memory plan (megamid.recipe.memory is the detailed per-GPU estimate):
@@ -93,20 +93,20 @@ def check_sizes(model, seq_len: int, micro_batch: int, num_samples: int, *, tp: 
     return problems
 
 
-def check_recipe_sizes(recipe, device_limit_bytes: Optional[int] = None,
-                       host_limit_bytes: Optional[int] = None) -> list:
-    """check_sizes over every resolved phase of `recipe`; each problem names its phase's fields once."""
+def check_phase_sizes(model, phases, device_limit_bytes: Optional[int] = None,
+                      host_limit_bytes: Optional[int] = None) -> list:
+    """check_sizes over resolved phases (each with name, steps, training, parallel and optionally `where`,
+    "training" for a recipe without phases); the model's own problem is reported once."""
     problems = []
-    for phase in recipe.resolved_phases():
+    for phase in phases:
         t, p = phase.training, phase.parallel
-        where = f"phases[{phase.name}]" if recipe.phases else "training"
-        spec = recipe.phases[phase.index] if recipe.phases else None
-        steps_field = ("training.train_steps" if spec is None
-                       else f"phases[{phase.name}].{'tokens' if spec.tokens is not None else 'steps'}")
-        for problem in check_sizes(recipe.model, t.seq_len, t.micro_batch_size, phase.steps * t.global_batch_size,
+        where = getattr(phase, "where", None) or f"phases[{phase.name}]"
+        budget = "tokens" if getattr(phase, "budget_tokens", None) is not None else "steps"
+        steps_field = "training.train_steps" if where == "training" else f"{where}.{budget}"
+        for problem in check_sizes(model, t.seq_len, t.micro_batch_size, phase.steps * t.global_batch_size,
                                    tp=p.tensor_model_parallel_size, pp=p.pipeline_model_parallel_size,
                                    cp=p.context_parallel_size, where=where, steps_field=steps_field,
                                    device_limit_bytes=device_limit_bytes, host_limit_bytes=host_limit_bytes):
-            if problem not in problems:     # the model's size is the same in every phase
+            if problem not in problems:
                 problems.append(problem)
     return problems
