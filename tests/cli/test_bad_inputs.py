@@ -146,7 +146,7 @@ CASES = [
      "data.sources[0].weight=inf is invalid: expected a finite number >= 0"),
     # absurd sizes
     ("steps-1e15", ["train", "recipe.yaml", "training.train_steps=1000000000000000"], None,
-     "is too many: its blended sample index needs ~17.8 PiB (10 bytes per sample) in host memory"),
+     "17.8 PiB (10 bytes per sample) in host memory"),      # the data layer's bound, or the plan's first
     ("steps-1e15-plan", ["plan", "recipe.yaml", "training.train_steps=1000000000000000"], None,
      "training.train_steps is too large: 2,000,000,000,000,000 samples", owned_by(WIRED_BY_PLAN)),
     ("seq-len-1e8-plan", ["plan", "recipe.yaml"], lambda w: phased(w, 100000000, YARN_WIDE),
