@@ -25,7 +25,7 @@ def owned_by(area: str):
     return pytest.mark.xfail(strict=True, reason=f"owned by {area}, lands at integration")
 
 
-WIRED_BY_PLAN = "the plan (recipe.plan calls recipe.limits.check_recipe_sizes)"
+WIRED_BY_PLAN = "the plan (plan_recipe calls recipe.limits.check_phase_sizes)"
 CHECKPOINT = "the checkpoint helper (verified checkpoints) and the CLI error path"
 SHAPES = "the shape checks before building (base/resume vs recipe)"
 ROPE = "train running the plan's checks (rope coverage)"
