@@ -145,15 +145,15 @@ CASES = [
     ("source-weight-inf", ["train", "recipe.yaml", "data.sources.0.weight=.inf"], None,
      "data.sources[0].weight=inf is invalid: expected a finite number >= 0"),
     # absurd sizes
-    ("steps-1e15", ["train", "recipe.yaml", "training.train_steps=1000000000000000"], None,
+    ("steps-1e15", ["train", "recipe.yaml", "training.train_steps=1000000000000000", "checkpoint.dir=fresh"], None,
      "17.8 PiB (10 bytes per sample) in host memory"),      # the data layer's bound, or the plan's first
-    ("steps-1e15-plan", ["plan", "recipe.yaml", "training.train_steps=1000000000000000"], None,
+    ("steps-1e15-plan", ["plan", "recipe.yaml", "training.train_steps=1000000000000000", "checkpoint.dir=fresh"], None,
      "training.train_steps is too large: 2,000,000,000,000,000 samples", owned_by(WIRED_BY_PLAN)),
     ("seq-len-1e8-plan", ["plan", "recipe.yaml"], lambda w: phased(w, 100000000, YARN_WIDE),
      "phases[b].seq_len=100000000 is too large: the activations of one micro-batch", owned_by(WIRED_BY_PLAN)),
-    ("hidden-262144-plan", ["plan", "recipe.yaml", "model.hidden_size=262144"], None,
+    ("hidden-262144-plan", ["plan", "recipe.yaml", "model.hidden_size=262144", "checkpoint.dir=fresh"], None,
      "model.hidden_size=262144 (num_layers=2", owned_by(WIRED_BY_PLAN)),
-    ("hidden-262144-train", ["train", "recipe.yaml", "model.hidden_size=262144"], None,
+    ("hidden-262144-train", ["train", "recipe.yaml", "model.hidden_size=262144", "checkpoint.dir=fresh"], None,
      "model.hidden_size=262144 (num_layers=2", owned_by(WIRED_BY_PLAN)),
     # recipes and overrides (already handled)
     ("recipe-missing", ["train", "nope.yaml"], None, "recipe file 'nope.yaml' does not exist"),
@@ -221,7 +221,7 @@ CASES = [
      lambda w: (w / "ckpt" / "iter_0000002" / "megamid.json").write_text("{not json"), "megamid.json",
      owned_by(CHECKPOINT)),
     ("base-of-other-shape", ["train", "recipe.yaml"], base_of_other_shape, "hidden_size", owned_by(SHAPES)),
-    ("resume-with-other-shape", ["train", "recipe.yaml"], resume_with_other_shape, "ffn_hidden_size", owned_by(SHAPES)),
+    ("resume-with-other-shape", ["train", "recipe.yaml"], resume_with_other_shape, "ffn", owned_by(SHAPES)),
     ("rope-short-of-seq-len", ["train", "recipe.yaml"], lambda w: phased(w, 256, YARN_2X), "phases[b]",
      owned_by(ROPE)),
     ("rope-short-of-seq-len-default", ["train", "recipe.yaml"], lambda w: phased(w, 128, {"type": "default",
