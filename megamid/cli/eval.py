@@ -57,10 +57,26 @@ def _load(ckpt: str, args):
     return megamid.load(ckpt, tp=args.tp, pp=args.pp, max_batch=args.max_batch)
 
 
+def _check_counts(args) -> None:
+    """Numbers that would make an empty or meaningless evaluation (`--samples 0` printed null and exited 0)."""
+    for flag, value, minimum in (("--samples", args.samples, 1), ("--num-candidates", args.num_candidates, 2),
+                                 ("--short-length", args.short_length, 2), ("--max-documents", args.max_documents, 1)):
+        if value is not None and value < minimum:
+            raise CommandError(f"{flag} {value} is invalid: expected an integer >= {minimum}")
+    if not args.tasks:
+        raise CommandError("--tasks is empty: expected at least one task")
+    if not args.lengths or any(n < 1 for n in args.lengths):
+        raise CommandError(f"--lengths {','.join(map(str, args.lengths))} is invalid: expected token counts >= 1")
+    bad = [d for d in args.depths if not 0.0 <= d <= 1.0]  # NaN fails both comparisons
+    if not args.depths or bad:
+        raise CommandError(f"--depths {','.join(map(str, bad or args.depths))} is invalid: expected depths in [0, 1]")
+
+
 def run(args) -> int:
     from megamid.eval.in_loop import read_documents
     from megamid.eval.runner import TASK_NAMES, evaluate
 
+    _check_counts(args)
     unknown = [t for t in args.tasks if t not in TASK_NAMES]
     if unknown:
         raise CommandError(f"--tasks: unknown {','.join(unknown)}; valid: {','.join(TASK_NAMES)}")

@@ -28,6 +28,7 @@ Meaning (every sample holds exactly seq_len tokens, so sample shares are token s
   continue where the previous phase stopped.
 """
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -45,12 +46,12 @@ def _check_keys(where: str, d: dict, allowed) -> None:
 
 
 def _check_number(field_name: str, value, valid: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         fail(field_name, value, valid)
 
 
 def _check_weight(field_name: str, value) -> None:
-    _check_number(field_name, value, "expected a number >= 0")
+    _check_number(field_name, value, "expected a finite number >= 0")
     if value < 0:
         fail(field_name, value, "weights must be >= 0")
 

@@ -3,7 +3,7 @@
 from dataclasses import dataclass, field
 from typing import Optional
 
-from megamid.config.base import check_choice, check_divisible, check_positive, fail
+from megamid.config.base import check_choice, check_divisible, check_positive, check_range, fail
 
 DTYPES = ("fp32", "bf16", "fp16")
 # auto: te with Transformer Engine, megamid with CUDA and no TE, none on CPU (megamid.rope.fusion decides)
@@ -52,10 +52,9 @@ class ModelConfig:
         check_choice("model.normalization", self.normalization, ("RMSNorm", "LayerNorm"))
         check_choice("model.activation", self.activation, ("swiglu", "gelu"))
         check_positive("model.norm_epsilon", self.norm_epsilon)
+        check_positive("model.init_method_std", self.init_method_std)
         for name in ("attention_dropout", "hidden_dropout"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                fail(f"model.{name}", value, "must be in [0, 1)")
+            check_range(f"model.{name}", getattr(self, name), 0.0, 1.0)
         if not isinstance(self.rope, dict) or "type" not in self.rope:
             fail("model.rope", self.rope, "a mapping with a 'type' key, e.g. {type: default, theta: 10000}")
         # the rope's own fields are validated by megamid.rope when the recipe is planned (config imports no rope math)

@@ -3,7 +3,7 @@
 from dataclasses import dataclass, field
 from typing import Optional
 
-from megamid.config.base import check_choice, check_divisible, check_positive, fail
+from megamid.config.base import check_choice, check_divisible, check_positive, check_range, fail
 
 
 @dataclass(frozen=True)
@@ -31,8 +31,9 @@ class TrainingConfig:
         check_positive("training.weight_decay", self.weight_decay, allow_zero=True)
         check_positive("training.clip_grad", self.clip_grad, allow_zero=True)
         for name in ("adam_beta1", "adam_beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                fail(f"training.{name}", getattr(self, name), "must be in [0, 1)")
+            check_range(f"training.{name}", getattr(self, name), 0.0, 1.0)
+        check_positive("training.adam_eps", self.adam_eps)
+        check_positive("training.seed", self.seed, allow_zero=True)
         check_choice("training.recompute", self.recompute, ("none", "full", "selective"))
         if isinstance(self.max_consecutive_skips, bool) or not isinstance(self.max_consecutive_skips, int) \
                 or self.max_consecutive_skips < 0:

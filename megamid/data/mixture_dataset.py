@@ -33,10 +33,11 @@ import torch
 from megamid.config.base import ConfigError, fail
 from megamid.config.data import DataConfig
 from megamid.data import DataError
-from megamid.data.mixture_index import build_mixture_index
+from megamid.data.mixture_index import INDEX_BYTES_PER_SAMPLE, build_mixture_index
 from megamid.data.mixture_plan import knot_samples, knot_shares, stream_names
 from megamid.data.token_stream import TokenStream
 from megamid.kernels.doc_positions import doc_positions
+from megamid.platform.host import format_bytes, host_memory_bytes
 
 
 def _check_int(field: str, value, minimum: int) -> int:
@@ -67,6 +68,7 @@ class MixtureDataset(torch.utils.data.Dataset):
         for name, value in self.start_tokens.items():
             _check_int(f"start_tokens[{name!r}]", value, 0)
 
+        self._check_index_fits()
         self.names = stream_names(config)
         self.shares = knot_shares(config)  # [2, streams]: first and last sample of the phase
         sources = config.all_sources()
@@ -79,6 +81,14 @@ class MixtureDataset(torch.utils.data.Dataset):
         self.offsets = np.array([self.start_tokens.get(n, 0) for n in self.names], dtype=np.int64)
         self.source_index, self.source_sample_index, self.counts = build_mixture_index(
             knot_samples(self.num_samples), self.shares, self.num_samples)
+
+    def _check_index_fits(self) -> None:
+        """Refuse before allocating: the blended index lives in host RAM on every rank."""
+        need, host = self.num_samples * INDEX_BYTES_PER_SAMPLE, host_memory_bytes()
+        if host and need > host:
+            raise DataError(f"num_samples={self.num_samples:,} (the phase's steps x global_batch_size) is too many: "
+                            f"its blended sample index needs ~{format_bytes(need)} ({INDEX_BYTES_PER_SAMPLE} bytes per "
+                            f"sample) in host memory, over this host's {format_bytes(host)}; lower the phase's steps")
 
     def __len__(self) -> int:
         return self.num_samples

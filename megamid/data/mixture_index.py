@@ -11,6 +11,8 @@ every prefix, also while shares move.
 
 import numpy as np
 
+INDEX_BYTES_PER_SAMPLE = 2 + 8   # source_index int16 + source_sample_index int64
+
 try:
     from megamid import _C
 except ImportError:  # extension not built: the reference serves

@@ -3,7 +3,8 @@
 Run through the CLI: `megamid data prepare --input a.jsonl b.txt --tokenizer byte --output corpus/x`.
 
 - A .jsonl / .jsonl.gz line is one document (`text_key` field); any other file (optionally .gz) is
-  one document as a whole.
+  one document as a whole. Inputs must be UTF-8 (megamid.data.documents: a file that is not is refused
+  naming the byte offset of the first invalid byte).
 - Optional quality filter: keep JSONL documents whose `quality_key` field is >= `min_quality`.
 - Exact deduplication by a 128-bit BLAKE2 hash of the text, across all inputs (first copy kept).
 - Tokenisation runs in worker processes over chunks of documents; results come back in order, so
@@ -13,7 +14,6 @@ Run through the CLI: `megamid data prepare --input a.jsonl b.txt --tokenizer byt
   duplicate), a power-of-two token-length histogram, and max_token_id (the dataset's vocab check).
 """
 
-import gzip
 import hashlib
 import json
 import multiprocessing
@@ -22,44 +22,11 @@ import os
 import numpy as np
 
 from megamid.data import DataError
+from megamid.data.documents import check_input, iter_documents
 from megamid.data.tokenizer_files import load_tokenizer
 from megamid.data.token_stream import stats_path
 
 CHUNK_DOCS = 256  # documents per worker task: large enough to amortise pickling, small for balance
-
-
-def _open_text(path: str):
-    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
-
-
-def iter_documents(path: str, text_key: str = "text", quality_key=None, min_quality=None):
-    """Yield (text or None, reason) per document of one file; reason is None for a kept document."""
-    if not os.path.isfile(path):
-        raise DataError(f"input {path!r} not found; valid inputs: existing text, .jsonl or .jsonl.gz files")
-    name = path[:-3] if path.endswith(".gz") else path
-    if not name.endswith(".jsonl"):
-        with _open_text(path) as f:
-            yield f.read(), None
-        return
-    with _open_text(path) as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"input {path!r} line {line_no}: not valid JSON ({exc}); "
-                                "expected one JSON object per line") from exc
-            text = record.get(text_key) if isinstance(record, dict) else None
-            if not isinstance(text, str):
-                raise DataError(f"input {path!r} line {line_no}: no string field {text_key!r}; "
-                                f"fields present: {sorted(record) if isinstance(record, dict) else type(record).__name__}")
-            if quality_key is not None:
-                score = record.get(quality_key)
-                if not isinstance(score, (int, float)) or isinstance(score, bool) or score < min_quality:
-                    yield None, "quality"
-                    continue
-            yield text, None
 
 
 def length_bin(n_tokens: int) -> str:
@@ -104,19 +71,38 @@ def _chunks(inputs, text_key, quality_key, min_quality, stats, seen):
 def prepare(inputs, tokenizer: str, output_prefix: str, workers: int = 1, text_key: str = "text",
             quality_key=None, min_quality=None, dedup: bool = True) -> dict:
     """Tokenize `inputs` into output_prefix.bin/.idx; returns (and writes) the stats dict."""
-    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder  # heavy: lazy
-
     if not inputs:
         raise DataError("prepare: no --input files given; valid: text, .jsonl or .jsonl.gz files")
     for path in inputs:
-        if not os.path.isfile(path):
-            raise DataError(f"input {path!r} not found; valid inputs: existing text, .jsonl or .jsonl.gz files")
+        check_input(path)
     if quality_key is not None and min_quality is None:
         raise DataError(f"quality_key={quality_key!r} needs min_quality (keep documents scoring >= it)")
     tok = load_tokenizer(tokenizer)
+    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder  # heavy: after the checks
+
     os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
     dtype = DType.optimal_dtype(tok.vocab_size)
-    builder = IndexedDatasetBuilder(output_prefix + ".bin", dtype=dtype)
+    # Written under .partial names and renamed at the end: a failed prepare leaves an existing pair intact.
+    partial = {ext: f"{output_prefix}{ext}.partial" for ext in (".bin", ".idx")}
+    builder = IndexedDatasetBuilder(partial[".bin"], dtype=dtype)
+    try:
+        out = _tokenize(builder, inputs, tok, tokenizer, output_prefix, partial[".idx"], workers, text_key,
+                        quality_key, min_quality, dedup, str(np.dtype(dtype)))
+    except BaseException:
+        builder.data_file.close()
+        for path in partial.values():
+            if os.path.exists(path):
+                os.remove(path)
+        raise
+    for ext, path in partial.items():
+        os.replace(path, output_prefix + ext)
+    with open(stats_path(output_prefix), "w") as f:
+        json.dump(out, f, indent=1)
+    return out
+
+
+def _tokenize(builder, inputs, tok, tokenizer, output_prefix, idx_path, workers, text_key, quality_key,
+              min_quality, dedup, dtype) -> dict:
     stats = [{"documents": 0, "tokens": 0, "dropped": {}, "length_histogram": {}, "max_token_id": -1}
              for _ in inputs]
     seen = set() if dedup else _NeverSeen()
@@ -142,8 +128,8 @@ def prepare(inputs, tokenizer: str, output_prefix: str, workers: int = 1, text_k
             feed = ([t for _, t in c] for c in _remember(chunks, pending))
             for token_lists in pool.imap(_tokenize_chunk, feed):
                 write(pending.pop(0), token_lists)
-    builder.finalize(output_prefix + ".idx")
-    return _write_stats(inputs, tok, tokenizer, output_prefix, stats, str(np.dtype(dtype)))
+    builder.finalize(idx_path)
+    return _summary(inputs, tok, tokenizer, output_prefix, stats, dtype)
 
 
 class _NeverSeen(set):
@@ -159,7 +145,7 @@ def _remember(chunks, pending):
         yield chunk
 
 
-def _write_stats(inputs, tok, tokenizer, output_prefix, stats, dtype) -> dict:
+def _summary(inputs, tok, tokenizer, output_prefix, stats, dtype) -> dict:
     total = {"documents": 0, "tokens": 0, "dropped": {}, "length_histogram": {}, "max_token_id": -1}
     for s in stats:
         total["documents"] += s["documents"]
@@ -177,6 +163,4 @@ def _write_stats(inputs, tok, tokenizer, output_prefix, stats, dtype) -> dict:
     out = {"output": output_prefix, "dtype": dtype,
            "tokenizer": {"spec": tokenizer, "vocab_size": tok.vocab_size, "eod": tok.eod, "pad": tok.pad},
            "inputs": dict(zip(inputs, stats)), "total": total}
-    with open(stats_path(output_prefix), "w") as f:
-        json.dump(out, f, indent=1)
     return out

@@ -19,6 +19,7 @@ from collections import OrderedDict
 import numpy as np
 
 from megamid.data import DataError
+from megamid.data.indexed_files import check_indexed_pair
 
 EPOCH_CACHE = 4  # epochs whose permutation is kept; readers move forward, so a few suffice
 
@@ -44,31 +45,13 @@ class TokenStream:
         self._epochs = OrderedDict()
 
     def _open(self):
-        for path in (self.prefix + ".idx", self.prefix + ".bin"):
-            if not os.path.isfile(path):
-                raise DataError(f"source {self.name!r}: {path} not found; a source prefix needs PREFIX.bin and "
-                                "PREFIX.idx as written by `megamid data prepare`")
-        if os.path.getsize(self.prefix + ".bin") == 0:  # megatron cannot mmap an empty file
-            raise DataError(f"source {self.name!r}: {self.prefix}.bin holds no tokens (0 bytes); a source needs "
+        info = check_indexed_pair(self.prefix, f"source {self.name!r}")  # megatron then never fails on them
+        if info["sequences"] == 0 or os.path.getsize(self.prefix + ".bin") == 0:  # megatron cannot mmap it
+            raise DataError(f"source {self.name!r}: {self.prefix}.bin holds no tokens; a source needs "
                             "at least one non-empty document, or remove it from the mix")
         from megatron.core.datasets.indexed_dataset import IndexedDataset  # heavy import: only when reading
 
-        try:
-            dataset = IndexedDataset(self.prefix, mmap=True)
-        except Exception as exc:  # megatron raises asserts / numpy buffer errors on broken files
-            raise DataError(f"source {self.name!r}: cannot read {self.prefix}.idx ({type(exc).__name__}: {exc}); "
-                            "the index is truncated or not a Megatron indexed dataset, rebuild it with "
-                            "`megamid data prepare`") from exc
-        index = dataset.index
-        if len(index) and index.sequence_pointers[-1] < 0:
-            raise DataError(f"source {self.name!r}: {self.prefix}.idx has negative pointers; rebuild it")
-        need = int(index.sequence_pointers[-1]) + int(index.sequence_lengths[-1]) * index.dtype_size \
-            if len(index) else 0
-        have = os.path.getsize(self.prefix + ".bin")
-        if have < need:
-            raise DataError(f"source {self.name!r}: {self.prefix}.bin has {have} bytes but its index needs "
-                            f"{need}; the .bin is truncated, rebuild it with `megamid data prepare`")
-        return dataset
+        return IndexedDataset(self.prefix, mmap=True)
 
     def _check_vocab(self, vocab_size: int) -> None:
         """Token ids must be < the model's vocab: from the prepare stats when present, else one scan."""

@@ -3,6 +3,12 @@
 
 from collections import OrderedDict
 
+from megamid.data import DataError
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
 
 class ByteTokenizer:
     """UTF-8 bytes as tokens 0..255, then special tokens. Needs no files: the demo's base tokenizer."""
@@ -27,10 +33,15 @@ class SentencePieceTokenizer:
         import sentencepiece  # local: only the data commands need it
 
         self.path = str(model_path)
-        self.sp = sentencepiece.SentencePieceProcessor(model_file=self.path)
+        try:
+            self.sp = sentencepiece.SentencePieceProcessor(model_file=self.path)
+        except (RuntimeError, OSError) as exc:
+            raise DataError(f"tokenizer {self.path!r} cannot be loaded: expected a sentencepiece .model (a serialized "
+                            f"ModelProto, as `megamid data train-tokenizer` writes); sentencepiece says: "
+                            f"{_first_line(exc)}") from None
         self.vocab_size = self.sp.get_piece_size()
         if self.sp.eos_id() < 0:
-            raise ValueError(f"tokenizer {self.path}: the sentencepiece model has no </s> piece to use as EOD; "
+            raise DataError(f"tokenizer {self.path}: the sentencepiece model has no </s> piece to use as EOD; "
                              "train it with eos_id >= 0 (megamid data train-tokenizer does)")
         self.eod = self.sp.eos_id()
         self.pad = self.sp.pad_id() if self.sp.pad_id() >= 0 else self.eod
@@ -58,12 +69,21 @@ class HFTokenizer:
         from tokenizers import Tokenizer  # local: only the data commands need it
 
         self.path = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else str(path)
-        self.tok = Tokenizer.from_file(self.path)
+        if not os.path.isfile(self.path):
+            raise DataError(f"tokenizer {path!r} is a folder without tokenizer.json; valid: 'byte', a sentencepiece "
+                            ".model, or a Hugging Face tokenizer.json (or its folder)")
+        try:
+            self.tok = Tokenizer.from_file(self.path)
+        except Exception as exc:  # the tokenizers library raises a bare Exception for any unparsable file
+            raise DataError(f"tokenizer {self.path!r} cannot be loaded: expected a Hugging Face tokenizer.json "
+                            f"(JSON with a 'model' section); tokenizers says: {_first_line(exc)}") from None
         vocab = self.tok.get_vocab(with_added_tokens=True)
+        if not vocab:
+            raise DataError(f"tokenizer {self.path!r} has an empty vocab; expected a trained tokenizer.json")
         self.vocab_size = max(self.tok.get_vocab_size(with_added_tokens=True), max(vocab.values()) + 1)
         eod = [vocab[t] for t in EOD_CANDIDATES if t in vocab]
         if not eod:
-            raise ValueError(f"tokenizer {self.path}: no end-of-document token; expected one of "
+            raise DataError(f"tokenizer {self.path}: no end-of-document token; expected one of "
                              f"{', '.join(EOD_CANDIDATES)} in its vocab")
         self.eod = eod[0]
         pad = [vocab[t] for t in PAD_CANDIDATES if t in vocab]

@@ -7,6 +7,8 @@ train_tokenizer; `megamid data prepare --tokenizer SPEC` runs load_tokenizer.
 import os
 import random
 
+from megamid.data import DataError
+from megamid.data.documents import iter_documents
 from megamid.data.tokenizer import ByteTokenizer, HFTokenizer, SentencePieceTokenizer
 
 
@@ -15,7 +17,7 @@ def load_tokenizer(spec: str):
     if spec == "byte":
         return ByteTokenizer()
     if not os.path.exists(spec):
-        raise FileNotFoundError(f"tokenizer {spec!r} not found; valid: 'byte', a sentencepiece .model file, "
+        raise DataError(f"tokenizer {spec!r} not found; valid: 'byte', a sentencepiece .model file, "
                                 "or a tokenizer.json (or its folder)")
     if spec.endswith(".json") or os.path.isdir(spec):
         return HFTokenizer(spec)
@@ -23,8 +25,6 @@ def load_tokenizer(spec: str):
 
 
 def _lines(inputs, text_key: str):
-    from megamid.data.prepare import iter_documents  # the same readers as prepare
-
     for path in sorted(inputs):
         for text, _ in iter_documents(path, text_key):
             for line in text.splitlines():
@@ -47,7 +47,7 @@ def train_tokenizer(inputs, output_prefix: str, vocab_size: int = 8000, model_ty
         elif (j := rng.randrange(n + 1)) < max_sentences:
             sample[j] = line
     if not sample:
-        raise ValueError(f"train-tokenizer: no text in {list(inputs)}; valid inputs: text or JSONL files")
+        raise DataError(f"train-tokenizer: no text in {list(inputs)}; valid inputs: text or JSONL files")
     os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
     sentencepiece.SentencePieceTrainer.train(
         sentence_iterator=iter(sample), model_prefix=output_prefix, vocab_size=vocab_size,

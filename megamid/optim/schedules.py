@@ -28,6 +28,7 @@ update is spent at min_lr (which is often 0). Beyond total_steps the LR holds lr
 there Megatron differs only for inverse-sqrt, which it drops to min_lr after lr_decay_steps.
 """
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -116,10 +117,18 @@ class LRSchedule:
         return float(self.start_lr if self.peak_lr is None else self.peak_lr)
 
     def resolve(self, checkpoint_lr: float) -> "LRSchedule":
-        """This schedule with start_lr="from_checkpoint" replaced by the checkpoint's LR."""
+        """This schedule with start_lr="from_checkpoint" replaced by the checkpoint's LR.
+
+        NaN stands for "not known before training" (the plan shows such LRs as "ckpt"); an infinite or
+        negative LR is refused like any start_lr."""
         if not self.needs_checkpoint_lr:
             return self
-        return dataclasses.replace(self, start_lr=float(checkpoint_lr))
+        lr = float(checkpoint_lr)
+        if math.isnan(lr):
+            resolved = copy.copy(self)      # every other field is validated already
+            object.__setattr__(resolved, "start_lr", lr)
+            return resolved
+        return dataclasses.replace(self, start_lr=lr)
 
     # -- budget -------------------------------------------------------------------------------
 

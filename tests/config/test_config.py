@@ -81,3 +81,33 @@ def test_cli_reports_config_errors_and_exits_2(capsys):
     assert main(["train", TINY, "model.dtype=fp8"]) == 2
     assert "model.dtype='fp8' is invalid" in capsys.readouterr().err
     assert main(["frobnicate"]) == 2
+
+
+@pytest.mark.parametrize("override, message", [
+    ("training.weight_decay=.nan", "training.weight_decay=nan is invalid: expected a finite number >= 0"),
+    ("training.clip_grad=.inf", "training.clip_grad=inf is invalid"),
+    ("training.adam_beta1=.nan", "training.adam_beta1=nan is invalid: expected a finite number in [0, 1)"),
+    ("training.adam_beta2=.inf", "training.adam_beta2=inf is invalid"),
+    ("training.adam_eps=.nan", "training.adam_eps=nan is invalid"),
+    ("model.norm_epsilon=.nan", "model.norm_epsilon=nan is invalid"),
+    ("model.init_method_std=.inf", "model.init_method_std=inf is invalid"),
+    ("model.hidden_dropout=.nan", "model.hidden_dropout=nan is invalid"),
+    ("model.hidden_size=.inf", "model.hidden_size=inf is invalid: expected an integer"),
+    ("training.train_steps=.nan", "training.train_steps=nan is invalid: expected an integer"),
+])
+def test_non_finite_numbers_are_rejected_by_every_validator(override, message):
+    with pytest.raises(ConfigError) as exc:
+        load_recipe(TINY, [override])
+    assert message in str(exc.value)
+
+
+def test_check_positive_refuses_nan_and_inf_directly():
+    from megamid.config.base import check_positive, check_range
+
+    for value in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ConfigError, match="finite"):
+            check_positive("x", value)
+        with pytest.raises(ConfigError, match="finite"):
+            check_range("x", value, 0.0, 1.0)
+    check_positive("x", 0, allow_zero=True)
+    check_range("x", 1.0, 0.0, 1.0, high_open=False)

@@ -68,3 +68,15 @@ def test_errors_name_the_field(patch, field):
     with pytest.raises(ConfigError) as err:
         DataConfig.from_dict(bad)
     assert str(err.value).startswith(field + "="), str(err.value)
+
+
+@pytest.mark.parametrize("source, message", [
+    ({"weight": float("inf")}, "data.sources[0].weight=inf is invalid: expected a finite number >= 0"),
+    ({"weight": float("nan")}, "data.sources[0].weight=nan is invalid"),
+    ({"weight_end": float("inf")}, "data.sources[0].weight_end=inf is invalid"),
+    ({"upsample_long": float("inf")}, "data.sources[0].upsample_long=inf is invalid"),
+])
+def test_non_finite_source_numbers_are_refused(source, message):
+    with pytest.raises(ConfigError) as exc:
+        DataConfig.from_dict({"sources": [{"name": "a", "prefix": "a", **source}]})
+    assert message in str(exc.value)

@@ -12,8 +12,8 @@ from megamid.config.data import DataConfig
 from megamid.data import DataError
 from megamid.data.mixture_dataset import MixtureDataset
 
-# megatron's IndexedDataset.__del__ complains about attributes a failed constructor never set
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+# megatron's IndexedDataset.__del__ complains when its constructor failed: it must never be reached
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 
 
 def build(prefixes, vocab_size=258, weights=None, **kw):
@@ -39,7 +39,8 @@ def test_truncated_idx(corpus, tmp_path):
     prefix = copy_source(corpus, tmp_path)
     with open(prefix + ".idx", "r+b") as f:
         f.truncate(os.path.getsize(prefix + ".idx") // 2)
-    with pytest.raises(DataError, match=r"source 'broken': cannot read .*copy\.idx .*truncated.*rebuild"):
+    with pytest.raises(DataError, match=r"source 'broken': .*copy\.idx is not a valid index for .*copy\.bin: \d+ bytes, "
+                       r"but its header's 40 sequences and 41 document indices need \d+ \(truncated.*rebuild"):
         build({"broken": prefix})
 
 
@@ -47,7 +48,8 @@ def test_truncated_bin(corpus, tmp_path):
     prefix = copy_source(corpus, tmp_path)
     with open(prefix + ".bin", "r+b") as f:
         f.truncate(100)
-    with pytest.raises(DataError, match=r"source 'broken': .*copy\.bin has 100 bytes .*truncated"):
+    with pytest.raises(DataError, match=r"source 'broken': .*copy\.bin \(100 bytes\) and .*copy\.idx do not belong together: "
+                       r"the index's 40 sequences \(40 documents\) of uint16 tokens end at byte \d+; the \.bin is truncated"):
         build({"broken": prefix})
 
 
@@ -90,3 +92,38 @@ def test_bad_dataset_arguments(corpus):
         MixtureDataset(cfg, 0, 10, eod=257, pad=256, vocab_size=258)
     with pytest.raises(ConfigError, match=r"start_tokens\['code'\]=-4 is invalid"):
         build({"code": corpus["code"]}, start_tokens={"code": -4})
+
+
+def test_bin_paired_with_another_sources_idx(corpus, tmp_path):
+    prefix = copy_source(corpus, tmp_path)
+    shutil.copy(corpus["web"] + ".idx", prefix + ".idx")
+    with pytest.raises(DataError, match=r"source 'broken': .*copy\.bin \(\d+ bytes\) and .*copy\.idx do not belong "
+                                        r"together: the index's 50 sequences .* comes from another source"):
+        build({"broken": prefix})
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda b: b"garbage!" * 8, r"expected a Megatron indexed-dataset header"),
+    (lambda b: b[:9] + (2).to_bytes(8, "little") + b[17:], r"version 2, expected 1"),
+    (lambda b: b[:17] + bytes([42]) + b[18:], r"dtype code 42"),
+    (lambda b: b[:-8] + (7).to_bytes(8, "little"), r"its 41 document indices do not run from 0 to its 40 sequences"),
+    (lambda b: b[:34 + 4] + (5).to_bytes(4, "little") + b[34 + 8:], r"its sequence pointers are not the running sum"),
+])
+def test_corrupt_idx_is_named_and_megatron_never_sees_it(corpus, tmp_path, damage, match):
+    prefix = copy_source(corpus, tmp_path)
+    with open(prefix + ".idx", "rb") as f:
+        raw = f.read()
+    with open(prefix + ".idx", "wb") as f:
+        f.write(damage(raw))
+    with pytest.raises(DataError, match=r"source 'broken': .*copy\.idx is not a valid index for .*copy\.bin: " + match):
+        build({"broken": prefix})
+
+
+def test_an_index_larger_than_host_memory_is_refused_before_allocating(corpus):
+    from megamid.platform.host import host_memory_bytes
+
+    too_many = host_memory_bytes() // 10 + 1
+    cfg = DataConfig.from_dict({"sources": [{"name": "code", "prefix": corpus["code"]}]})
+    with pytest.raises(DataError, match=r"num_samples=[\d,]+ \(the phase's steps x global_batch_size\) is too many: "
+                                        r"its blended sample index needs ~[\d.]+ GiB \(10 bytes per sample\) in host memory"):
+        MixtureDataset(cfg, 16, too_many, eod=257, pad=0, vocab_size=258)

@@ -90,5 +90,79 @@ def test_bad_inputs(tmp_path, capsys):
     assert main(["data", "prepare", "--input", str(tmp_path / "missing.txt"), "--tokenizer", "byte",
                  "--output", str(tmp_path / "y")]) == 2
     assert "missing.txt' not found" in capsys.readouterr().err
-    with pytest.raises(FileNotFoundError, match="valid: 'byte'"):
+    with pytest.raises(DataError, match="not found; valid: 'byte'"):
         prepare([str(bad)], str(tmp_path / "nope.model"), str(tmp_path / "z"))
+
+
+def test_non_utf8_input_is_refused_naming_the_file_and_byte_offset(tmp_path):
+    import gzip
+
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"input .*latin\.jsonl' is not UTF-8: byte 0xe9 at byte offset 28 "):
+        prepare([str(latin)], "byte", str(tmp_path / "x"))
+    gz = tmp_path / "latin.jsonl.gz"
+    gz.write_bytes(gzip.compress(latin.read_bytes()))
+    with pytest.raises(DataError, match=r"byte 0xe9 at byte offset 28 of the decompressed stream"):
+        prepare([str(gz)], "byte", str(tmp_path / "x"))
+    raw = tmp_path / "random.txt"
+    raw.write_bytes(b"fine text then \xff\xfe")
+    with pytest.raises(DataError, match=r"random\.txt' is not UTF-8: byte 0xff at byte offset 15"):
+        prepare([str(raw)], "byte", str(tmp_path / "x"))
+    assert not list(tmp_path.glob("x*"))      # nothing half-written is left behind
+
+
+def test_utf8_policy_keeps_bom_free_universal_newline_text(tmp_path):
+    from megamid.data.documents import iter_documents
+
+    path = tmp_path / "doc.txt"
+    path.write_bytes("\ufeffa\r\nb\rc\n".encode("utf-8"))
+    assert list(iter_documents(str(path))) == [("a\nb\nc\n", None)]
+
+
+def test_a_directory_input_is_reported_as_a_directory(tmp_path):
+    with pytest.raises(DataError, match=r"input .* is a directory; valid inputs: existing text"):
+        prepare([str(tmp_path)], "byte", str(tmp_path / "x"))
+
+
+@pytest.mark.parametrize("name, content, match", [
+    ("bad.model", b"\x00\x01 not a model proto" * 50, r"bad\.model' cannot be loaded: expected a sentencepiece \.model"),
+    ("tokenizer.json", b"\xff\x00random" * 50, r"tokenizer\.json' cannot be loaded: expected a Hugging Face tokenizer\.json"),
+    ("t.json", b'{"version": "1.0"}', r"t\.json' cannot be loaded: expected a Hugging Face tokenizer\.json"),
+])
+def test_a_tokenizer_that_does_not_load_is_named(tmp_path, name, content, match):
+    (tmp_path / name).write_bytes(content)
+    doc = tmp_path / "doc.txt"
+    doc.write_text("hello")
+    with pytest.raises(DataError, match=match):
+        prepare([str(doc)], str(tmp_path / name), str(tmp_path / "x"))
+
+
+def test_a_failed_prepare_leaves_the_existing_pair_untouched(tmp_path):
+    good = tmp_path / "good.txt"
+    good.write_text("hello world")
+    prepare([str(good)], "byte", str(tmp_path / "x"))
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("x*")}
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff")
+    with pytest.raises(DataError):
+        prepare([str(good), str(bad)], "byte", str(tmp_path / "x"))
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("x*")} == before
+
+
+def test_prepare_and_tokenizer_files_import_no_cycle():
+    """data.prepare -> data.tokenizer_files -> data.documents; no path back (function-local imports count)."""
+    import ast
+    import os
+
+    import megamid.data as pkg
+
+    root = os.path.dirname(pkg.__file__)
+
+    def imports(name):
+        tree = ast.parse(open(os.path.join(root, name + ".py")).read())
+        return {n.module.split(".")[2] for n in ast.walk(tree)
+                if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("megamid.data.")}
+
+    assert "prepare" not in imports("tokenizer_files") and "prepare" not in imports("tokenizer")
+    assert "prepare" not in imports("documents") and "tokenizer_files" not in imports("documents")

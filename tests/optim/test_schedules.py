@@ -190,3 +190,26 @@ def test_other_styles_agree_with_megatron_up_to_total_steps(style):
         assert theirs[TOTAL + 1] == MIN and ours[TOTAL + 1] == ours[TOTAL] > MIN
     else:
         assert ours[TOTAL + 1 :] == pytest.approx(theirs[TOTAL + 1 :], rel=1e-12)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("peak_lr", float("nan"), "lr.peak_lr=nan is invalid: expected a finite number > 0"),
+    ("peak_lr", float("inf"), "lr.peak_lr=inf is invalid: expected a finite number > 0"),
+    ("peak_lr", "nan", "lr.peak_lr=nan is invalid"),           # YAML 1.1 leaves 3e-4 as a string: parsed as float
+    ("min_lr", float("nan"), "lr.min_lr=nan is invalid: expected a finite number >= 0"),
+    ("start_lr", -float("inf"), "lr.start_lr=-inf is invalid"),
+    ("decay_fraction", float("nan"), "lr.decay_fraction=nan is invalid"),
+])
+def test_non_finite_lr_values_are_refused(key, value, message):
+    d = {"style": "wsd", "peak_lr": 1e-3, "decay_fraction": 0.5, key: value}
+    with pytest.raises(ConfigError) as exc:
+        LRSchedule.from_dict(d, "lr")
+    assert message in str(exc.value)
+
+
+def test_resolve_refuses_an_infinite_checkpoint_lr_and_keeps_nan_as_unknown():
+    s = LRSchedule.from_dict({"style": "linear", "start_lr": "from_checkpoint", "min_lr": 0.0})
+    with pytest.raises(ConfigError, match="start_lr=inf is invalid"):
+        s.resolve(float("inf"))
+    assert math.isnan(s.resolve(float("nan")).start_lr)      # what `megamid plan` prints as "ckpt"
+    assert s.resolve(2e-4).start_lr == 2e-4
