@@ -23,6 +23,7 @@ from megamid.config.recompute import RecomputeConfig
 from megamid.config.parallel import check_layout
 from megamid.data.mixture_plan import knot_shares, stream_names
 from megamid.optim.schedules import LRSchedule, lr_at
+from megamid.recipe.limits import check_phase_sizes
 from megamid.rope import RopeScaling, model_rope_scaling
 
 
@@ -208,6 +209,7 @@ def plan_recipe(recipe: RecipeConfig, world_size: Optional[int] = None, check_fi
         raise ConfigError(f"world_size={world_size!r} is invalid: expected an integer >= 1")
     problems, hints, notes = [], [], []
     phases = resolve_phases(recipe, problems)
+    problems += check_phase_sizes(recipe.model, phases)   # absurd sizes, refused with their estimate
     if world_size is None:
         world_size = default_world_size(phases)
     rows = []

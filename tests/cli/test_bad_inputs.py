@@ -3,9 +3,6 @@
 Every bad input of issue 15 through the real `megamid` command (a subprocess): exit status 2, one line
 `megamid <cmd>: error: ...` naming the problem, no traceback, and no input or checkpoint file changed.
 Most cases fail before a model is built; the checkpoint cases share one tiny run stopped at step 2.
-
-Cases whose fix lands with another part of issue 15 are xfail(strict=True): the integrator removes
-the mark when that part merges (a strict xfail that starts passing fails the suite, as a reminder).
 """
 
 import gzip
@@ -20,15 +17,6 @@ import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def owned_by(area: str):
-    return pytest.mark.xfail(strict=True, reason=f"owned by {area}, lands at integration")
-
-
-WIRED_BY_PLAN = "the plan (plan_recipe calls recipe.limits.check_phase_sizes)"
-CHECKPOINT = "the checkpoint helper (verified checkpoints) and the CLI error path"
-SHAPES = "the shape checks before building (base/resume vs recipe)"
-ROPE = "train running the plan's checks (rope coverage)"
 
 MODEL = {"num_layers": 2, "hidden_size": 32, "num_attention_heads": 4, "num_query_groups": 2, "vocab_size": 258,
          "ffn_hidden_size": 64, "max_position_embeddings": 64}
@@ -148,13 +136,15 @@ CASES = [
     ("steps-1e15", ["train", "recipe.yaml", "training.train_steps=1000000000000000", "checkpoint.dir=fresh"], None,
      "17.8 PiB (10 bytes per sample) in host memory"),      # the data layer's bound, or the plan's first
     ("steps-1e15-plan", ["plan", "recipe.yaml", "training.train_steps=1000000000000000", "checkpoint.dir=fresh"], None,
-     "training.train_steps is too large: 2,000,000,000,000,000 samples", owned_by(WIRED_BY_PLAN)),
+     "training.train_steps is too large: 2,000,000,000,000,000 samples"),
     ("seq-len-1e8-plan", ["plan", "recipe.yaml"], lambda w: phased(w, 100000000, YARN_WIDE),
-     "phases[b].seq_len=100000000 is too large: the activations of one micro-batch", owned_by(WIRED_BY_PLAN)),
+     "phases[b].seq_len=100000000 is too large: the activations of one micro-batch"),
+    ("seq-len-1e8-train", ["train", "recipe.yaml"], lambda w: phased(w, 100000000, YARN_WIDE),
+     "phases[b].seq_len=100000000 is too large: the activations of one micro-batch"),
     ("hidden-262144-plan", ["plan", "recipe.yaml", "model.hidden_size=262144", "checkpoint.dir=fresh"], None,
-     "model.hidden_size=262144 (num_layers=2", owned_by(WIRED_BY_PLAN)),
+     "model.hidden_size=262144 (num_layers=2"),
     ("hidden-262144-train", ["train", "recipe.yaml", "model.hidden_size=262144", "checkpoint.dir=fresh"], None,
-     "model.hidden_size=262144 (num_layers=2", owned_by(WIRED_BY_PLAN)),
+     "model.hidden_size=262144 (num_layers=2"),
     # recipes and overrides (already handled)
     ("recipe-missing", ["train", "nope.yaml"], None, "recipe file 'nope.yaml' does not exist"),
     ("recipe-not-yaml", ["plan", "recipe.yaml"], lambda w: (w / "recipe.yaml").write_text("a: [1,\n"),
@@ -209,24 +199,22 @@ CASES = [
     ("eval-unknown-task", ["eval", "ckpt", "--tasks", "bogus"], None, "--tasks: unknown bogus"),
     # checkpoints (verified checkpoints, CLI error path: other parts of issue 15)
     ("latest-missing-dir", ["train", "recipe.yaml"], lambda w: (w / "ckpt" / "latest").write_text("iter_0000009\n"),
-     "iter_0000009", owned_by(CHECKPOINT)),
+     "iter_0000009"),
     ("latest-garbage", ["train", "recipe.yaml"], lambda w: random_bytes(w, "ckpt/latest", 64),
-     "latest", owned_by(CHECKPOINT)),
+     "latest"),
     ("truncated-shard", ["train", "recipe.yaml"], lambda w: truncate(first_shard(w), 100),
-     ".distcp", owned_by(CHECKPOINT)),
-    ("deleted-shard", ["train", "recipe.yaml"], lambda w: first_shard(w).unlink(), ".distcp", owned_by(CHECKPOINT)),
+     ".distcp"),
+    ("deleted-shard", ["train", "recipe.yaml"], lambda w: first_shard(w).unlink(), ".distcp"),
     ("deleted-metadata", ["train", "recipe.yaml"], lambda w: (w / "ckpt" / "iter_0000002" / ".metadata").unlink(),
-     ".metadata", owned_by(CHECKPOINT)),
+     ".metadata"),
     ("corrupt-megamid-json", ["train", "recipe.yaml"],
-     lambda w: (w / "ckpt" / "iter_0000002" / "megamid.json").write_text("{not json"), "megamid.json",
-     owned_by(CHECKPOINT)),
-    ("base-of-other-shape", ["train", "recipe.yaml"], base_of_other_shape, "hidden_size", owned_by(SHAPES)),
-    ("resume-with-other-shape", ["train", "recipe.yaml"], resume_with_other_shape, "ffn", owned_by(SHAPES)),
-    ("rope-short-of-seq-len", ["train", "recipe.yaml"], lambda w: phased(w, 256, YARN_2X), "phases[b]",
-     owned_by(ROPE)),
+     lambda w: (w / "ckpt" / "iter_0000002" / "megamid.json").write_text("{not json"), "megamid.json"),
+    ("base-of-other-shape", ["train", "recipe.yaml"], base_of_other_shape, "hidden_size"),
+    ("resume-with-other-shape", ["train", "recipe.yaml"], resume_with_other_shape, "ffn"),
+    ("rope-short-of-seq-len", ["train", "recipe.yaml"], lambda w: phased(w, 256, YARN_2X), "phases[b]"),
     ("rope-short-of-seq-len-default", ["train", "recipe.yaml"], lambda w: phased(w, 128, {"type": "default",
                                                                                            "theta": 10000}),
-     "phases[b]", owned_by(ROPE)),
+     "phases[b]"),
 ]
 
 
