@@ -88,7 +88,6 @@ def test_thd_rejects_rows_without_boundaries():
         thd_batch(batch)
 
 
-def test_packed_params_under_te_without_thd_names_the_fix(monkeypatch):
-    monkeypatch.setattr("megamid.attention.backend.attention_backend", lambda spec=None: "te")
+def test_packed_params_under_te_without_thd_names_the_fix():
     with pytest.raises(ConfigError, match="thd_batch in place of shard_batch"):
-        packed_seq_params(packed_batch())
+        packed_seq_params(packed_batch(), 1, "te")
