@@ -77,7 +77,7 @@ def test_cli_plan_gpu_flags_what_does_not_fit(capsys):
     assert "memory per GPU on h100-80gb" in out and out.rstrip().endswith("yes")
     assert main(["plan", recipe, "--no-files", "--gpu", "h300"]) == 2
     assert "--gpu='h300' is invalid: expected one of" in capsys.readouterr().err
-    assert main(["plan", recipe, "--no-files", "--gpu", "a100-40gb", "model.num_layers=512",
+    assert main(["plan", recipe, "--no-files", "--gpu", "a100-40gb", "model.num_layers=128",
                  "model.hidden_size=4096", "model.num_attention_heads=32"]) == 2
     assert "does not fit on a100-40gb" in capsys.readouterr().err
 
