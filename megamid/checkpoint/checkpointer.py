@@ -338,34 +338,28 @@ class Checkpointer:
             self.warn(f"CORRUPT CHECKPOINT: {exc}. checkpoint.on_corrupt=previous: using {previous} instead")
             return previous
 
-    def newest_verified(self, exclude: tuple = ()) -> Optional[str]:
+    def _newest_verified(self, accept) -> Optional[str]:
+        """The newest checkpoint that `accept(name, path)` takes and that verifies; others are skipped, loudly."""
         for name in reversed(self.checkpoints()):
-            if name in exclude:
-                continue
             path = os.path.join(self.dir, name)
             try:
-                self.verify(path)
-                return path
+                if accept(name, path):
+                    self.verify(path)
+                    return path
             except CheckpointError as exc:
                 self.warn(f"skipping {path}: {exc}")
         return None
 
+    def newest_verified(self, exclude: tuple = ()) -> Optional[str]:
+        return self._newest_verified(lambda name, path: name not in exclude)
+
     def find_phase_end(self, phase: str, phase_steps: int) -> Optional[str]:
         """The newest verified checkpoint saved at the last step of `phase`, or None."""
-        for name in reversed(self.checkpoints()):
-            path = os.path.join(self.dir, name)
-            try:
-                state = read_state(path).get("state") or {}
-            except CheckpointError as exc:
-                self.warn(f"skipping {path}: {exc}")
-                continue
-            if state.get("phase") == phase and state.get("phase_step") == phase_steps:
-                try:
-                    self.verify(path)
-                    return path
-                except CheckpointError as exc:
-                    self.warn(f"skipping {path}: {exc}")
-        return None
+        def at_end(name, path):
+            state = read_state(path).get("state") or {}
+            return state.get("phase") == phase and state.get("phase_step") == phase_steps
+
+        return self._newest_verified(at_end)
 
 
 def resolve(path: str, field: str = "checkpoint", on_corrupt: str = "fail",
