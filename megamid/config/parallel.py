@@ -19,6 +19,7 @@ class ParallelConfig:
     cp_a2a_size: Optional[int] = None                            # a2a+p2p: the all-to-all group inside CP
     use_distributed_optimizer: bool = False
     sequence_parallel: bool = False
+    tp_comm_overlap: bool = False      # TE userbuffers overlap TP communication with GEMMs (needs TE, SP, TP > 1)
 
     def __post_init__(self):
         for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size"):
@@ -42,6 +43,8 @@ class ParallelConfig:
                  f"context_parallel_size={cp} between 2 and {cp // 2} (p2p runs across the groups)")
         if self.sequence_parallel and self.tensor_model_parallel_size == 1:
             fail("parallel.sequence_parallel", True, "needs parallel.tensor_model_parallel_size > 1")
+        if self.tp_comm_overlap and not self.sequence_parallel:
+            fail("parallel.tp_comm_overlap", True, "needs parallel.sequence_parallel: true (and TP > 1)")
 
     @property
     def model_parallel_size(self) -> int:

@@ -96,6 +96,7 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, recompute="
     te_rope = backends.rope_fusion == "te"
     # without TE (CPU tests of the fold) megatron's unfused path applies the same unscaled rotation
     kwargs = engine_kwargs(model, parallel, recompute, fp8, cuda=cuda, te=cuda and backends.spec == "te",
+                           tp_comm_overlap=parallel.tp_comm_overlap,
                            apex=cuda and apex_kernels(), rope_fusion=te_rope and te_available())
     if te_rope:
         factor = model_rope_scaling(model, model.rope, "model.rope").attention_factor

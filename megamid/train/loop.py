@@ -137,6 +137,7 @@ class Trainer:
 
     def _save(self, phase, phase_step: int, global_step: int) -> str:
         c = self.recipe.checkpoint
+        self.runner.sync_params()
         path = ckpt.save_checkpoint(self.ckpt_dir, global_step, self.chunks, self.runner.optimizer,
                                     self._state(phase, phase_step, global_step), to_dict(self.recipe),
                                     phase.parallel.use_distributed_optimizer, c.keep_last,
@@ -283,6 +284,8 @@ class Trainer:
                 self.history.append(metrics)
                 self._check_skips(phase, metrics)
                 # Evaluate before saving: a run killed in between redoes the step and its evaluation.
+                if phase.evaluates_at(step + 1):
+                    self.runner.sync_params()
                 for callback in self.callbacks:
                     callback.on_eval_point(self.chunks, phase, step + 1, self.global_step)
                 final = step + 1 == phase.steps and self.recipe.checkpoint.save_final

@@ -75,11 +75,38 @@ class StepRunner:
         if layout != self.layout:
             init_model_parallel(layout)
         set_seed(phase.training.seed)
+        if parallel.tp_comm_overlap:
+            self._tp_comm_buffers(phase)
         chunks = build_gpt_chunks(self.model_cfg, parallel, phase.recompute, self.backends, phase.fp8)
-        self.chunks = wrap_ddp(chunks, parallel, phase.fp8)
+        # the distributed optimizer's weight all-gather overlaps the next forward on CUDA (sync_params
+        # completes it before anything reads the weights)
+        self.chunks = wrap_ddp(chunks, parallel, phase.fp8, overlap_param_gather=None)
         self.layout, self.engine, self.fp8 = layout, phase.engine, phase.fp8
         self.optimizer = None
         return True
+
+    def _tp_comm_buffers(self, phase) -> None:
+        """TE's userbuffers, once per process, for the phase's [seq_len x micro_batch / CP, hidden] shape."""
+        from megamid.model.engine_config import initialize_tp_comm_overlap
+
+        shape = (phase.seq_len, phase.training.micro_batch_size, phase.parallel.context_parallel_size)
+        if getattr(self, "_ub_shape", None) is None:
+            initialize_tp_comm_overlap(self.model_cfg, phase.parallel, phase.seq_len,
+                                       phase.training.micro_batch_size, fp8=phase.fp8 is not None)
+            self._ub_shape = shape
+        elif self._ub_shape != shape:
+            from megamid.config.base import ConfigError
+
+            raise ConfigError(f"{phase.where}.parallel.tp_comm_overlap=true is invalid here: TE's userbuffers were "
+                              f"sized for (seq_len, micro_batch, CP) = {self._ub_shape} and cannot be re-sized in "
+                              f"one process; this phase needs {shape}: relaunch at the phase, or turn it off")
+
+    def sync_params(self) -> None:
+        """Completes an overlapped weight all-gather (a no-op without one) before a save, an eval or a rebuild."""
+        from megamid.model.engine_config import force_param_sync
+
+        if self.chunks is not None:
+            force_param_sync(self.chunks)
 
     def describe_rope(self) -> str:
         from megamid.model import unwrap
@@ -100,7 +127,7 @@ class StepRunner:
         from megamid.model import unwrap
         from megamid.model.engine_config import optimizer_kwargs
 
-        engine = optimizer_kwargs(parallel, self.fp8, cuda=torch.cuda.is_available(), overlap_param_gather=False)
+        engine = optimizer_kwargs(parallel, self.fp8, cuda=torch.cuda.is_available(), overlap_param_gather=None)
         self.optimizer = build_optimizer(self.chunks, self.model_cfg, parallel, training, peak_lr, engine)
         config = unwrap(self.chunks[0]).config
         config.grad_scale_func = self.optimizer.scale_loss

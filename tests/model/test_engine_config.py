@@ -196,3 +196,23 @@ def test_builder_uses_the_mapping_on_this_device():
     cuda = torch.cuda.is_available()
     assert config.bias_dropout_fusion == cuda and config.batch_p2p_comm == cuda
     assert config.recompute_granularity == "full" and config.recompute_num_layers == 1
+
+
+def test_tp_comm_overlap_is_a_validated_opt_in():
+    sp = ParallelConfig(tensor_model_parallel_size=2, sequence_parallel=True, tp_comm_overlap=True)
+    kwargs = engine_kwargs(MODEL, sp, None, None, cuda=True, te=True, tp_comm_overlap=sp.tp_comm_overlap)
+    assert TransformerConfig(**kwargs).tp_comm_overlap is True
+    assert engine_kwargs(MODEL, sp, None, None, cuda=True, te=True)["tp_comm_overlap"] is False   # off unless asked
+    with pytest.raises(ConfigError, match="tp_comm_overlap needs CUDA, Transformer Engine"):
+        engine_kwargs(MODEL, sp, None, None, cuda=False, te=False, tp_comm_overlap=True)
+    with pytest.raises(ConfigError, match=r"parallel.tp_comm_overlap=True is invalid: needs parallel.sequence_parallel"):
+        ParallelConfig(tensor_model_parallel_size=2, tp_comm_overlap=True)
+
+
+def test_the_trainer_overlaps_the_weight_gather_on_cuda_only():
+    # what StepRunner asks for (overlap_param_gather=None): on with CUDA and the distributed optimizer
+    dist_opt = ParallelConfig(use_distributed_optimizer=True)
+    assert ddp_kwargs(dist_opt, cuda=True, overlap_param_gather=None)["overlap_param_gather"] is True
+    assert optimizer_kwargs(dist_opt, cuda=True, overlap_param_gather=None)["overlap_param_gather"] is True
+    assert ddp_kwargs(dist_opt, cuda=False, overlap_param_gather=None)["overlap_param_gather"] is False
+    assert ddp_kwargs(ParallelConfig(), cuda=True, overlap_param_gather=None)["overlap_param_gather"] is False
