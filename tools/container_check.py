@@ -35,7 +35,8 @@ def check(source_tree=None, cuda_kernels=False, megatron_core=None, te_min=None,
     except ImportError as exc:
         return [f"import megamid failed: {exc}"]
     where = os.path.realpath(os.path.dirname(megamid.__file__))
-    if source_tree and where.startswith(os.path.realpath(source_tree) + os.sep):
+    # the tree's own package, not anything below the tree (an installed copy may sit in a folder inside it)
+    if source_tree and where == os.path.realpath(os.path.join(source_tree, "megamid")):
         failures.append(f"import megamid found the source tree ({where}), not the installed package: run the "
                         f"check from outside {source_tree} (cd /) and install with `pip install .`")
     try:
