@@ -18,6 +18,7 @@ from typing import Optional
 
 from megamid.config import ConfigError, EvalConfig, ParallelConfig, RecipeConfig, TrainingConfig, build, to_dict
 from megamid.config.data import DataConfig
+from megamid.config.eval import eval_rope
 from megamid.config.parallel import check_layout
 from megamid.data.mixture_plan import knot_shares, stream_names
 from megamid.optim.schedules import LRSchedule, lr_at
@@ -134,6 +135,8 @@ def _resolve_phase(recipe: RecipeConfig, i: int, spec) -> PhasePlan:
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     eval_cfg = EvalConfig.from_mapping(spec.name, spec.eval) if spec.eval is not None else None
+    if eval_cfg is not None and eval_cfg.rope is not None:  # the full check needs the model's head dim
+        rope_scaling_for(recipe.model, eval_rope(rope, eval_cfg.rope), f"phases[{spec.name}].eval.rope")
     return PhasePlan(i, spec.name, where, steps, training, parallel, rope, rope_scaling, data, lr,
                      spec.optimizer_state, spec.save_interval or recipe.checkpoint.save_interval, eval_cfg,
                      budget_tokens=spec.tokens)
