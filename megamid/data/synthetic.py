@@ -1,6 +1,10 @@
 """Small indexed datasets written directly: `write_indexed` (token-id documents to megatron's
-`.bin/.idx`) and `write_synthetic_corpus` (learnable arithmetic/counting texts for tests). The real
-preparation pipeline is `megamid data prepare`; the trainer reads through megamid.data.mixture_dataset.
+`.bin/.idx`), `write_synthetic_corpus` (learnable arithmetic/counting texts for tests), and the
+long-range tasks of `megamid data synthetic` (`write_synthetic`): passkey-in-filler and multi-query
+associative recall (Zoology's MQAR) at a chosen length distribution, tokenizer-aware (pieces are
+tokenized once and joined as ids, so lengths are exact), with held-out sets at fixed lengths, and a
+held-out long-text set of Python source files for perplexity by position. The real preparation
+pipeline is `megamid data prepare`; the trainer reads through megamid.data.mixture_dataset.
 """
 
 import os
@@ -56,3 +60,170 @@ def check_prefix(prefix: str, field: str) -> None:
             raise ConfigError(f"{field}={prefix!r} is invalid: {prefix + ext} does not exist "
                               f"(an indexed dataset is a PREFIX.bin + PREFIX.idx pair; make one with "
                               f"`megamid data prepare`)")
+
+
+# ---- long-range tasks: `megamid data synthetic` ---------------------------------------------------
+# The passkey text is the short form megamid.eval.retrieval uses in small windows (PASSKEY_SHORT), so a
+# model trained on these documents is evaluated on the prompt it was trained on (a test keeps them equal).
+PASSKEY_HEAD = "Remember the pass key.\n"
+PASSKEY_NEEDLE = "The pass key is {key}. Remember it."
+PASSKEY_QUESTION = "\nThe pass key is"
+PASSKEY_FILLER = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.", "There and back again.")
+MQAR_HEAD = "Recall:"
+MQAR_QUERY = "\nQuery:"
+_CONSONANTS, _VOWELS = "bdfgklmnprstvz", "aeiou"
+
+
+class _Pieces:
+    """Token ids of each piece of text, encoded once (pieces are concatenated as ids, so a document's
+    length in tokens is exact for any tokenizer)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids = tokenizer, {}
+
+    def __call__(self, text: str) -> list:
+        if text not in self.ids:
+            self.ids[text] = list(self.tokenizer.encode(text))
+        return self.ids[text]
+
+
+def passkey_document(pieces: _Pieces, rng: np.random.Generator, length: int, depth: float = None):
+    """(ids, answer span): a 5-digit key planted at `depth` (random if None) in filler, asked at the end,
+    at most `length` tokens; the span [lo, hi) holds the answer's tokens (" KEY.")."""
+    key = str(int(rng.integers(10000, 100000)))
+    head, question = pieces(PASSKEY_HEAD), pieces(PASSKEY_QUESTION)
+    needle, answer = pieces(" " + PASSKEY_NEEDLE.format(key=key)), pieces(f" {key}.")
+    budget = length - len(head) - len(needle) - len(question) - len(answer)
+    if budget < 0:
+        raise ConfigError(f"length={length} is too short for a passkey document: it needs {length - budget} tokens "
+                          "with this tokenizer")
+    filler, i = [], int(rng.integers(len(PASSKEY_FILLER)))
+    while True:
+        ids = pieces(" " + PASSKEY_FILLER[i % len(PASSKEY_FILLER)])
+        if sum(map(len, filler)) + len(ids) > budget:
+            break
+        filler.append(ids)
+        i += 1
+    at = int(round((rng.random() if depth is None else depth) * len(filler)))
+    out = list(head)
+    for k, ids in enumerate(filler[:at]):
+        out += ids
+    out += needle
+    for ids in filler[at:]:
+        out += ids
+    out += question
+    return out + answer, (len(out), len(out) + len(answer))
+
+
+def _mqar_keys(rng: np.random.Generator, n: int) -> list:
+    keys = set()
+    while len(keys) < n:
+        keys.add(rng.choice(list(_CONSONANTS)) + rng.choice(list(_VOWELS)) + rng.choice(list(_CONSONANTS)))
+    return [keys_ for keys_ in rng.permutation(sorted(keys))]
+
+
+def mqar_document(pieces: _Pieces, rng: np.random.Generator, length: int, pairs: int = None):
+    """(ids, answer spans): multi-query associative recall (Zoology's MQAR) in text: `pairs` key-value
+    pairs (" kob 41,") then queries of a random half of the keys in a new order (" kob 41,"), at most
+    `length` tokens. Each span [lo, hi) holds a queried value's tokens, predicted from its key."""
+    head, query = pieces(MQAR_HEAD), pieces(MQAR_QUERY)
+    pair_len = len(pieces(" kob 41,"))
+    if pairs is None:  # as many pairs as fill the window with queries of half of them
+        pairs = max(1, (length - len(head) - len(query)) * 2 // (3 * pair_len))
+    keys = _mqar_keys(rng, pairs)
+    values = [str(int(v)) for v in rng.integers(10, 100, size=pairs)]
+    out = list(head)
+    for k, v in zip(keys, values):
+        out += pieces(f" {k} {v},")
+    out += query
+    spans = []
+    for i in rng.permutation(pairs)[: max(1, pairs // 2)]:
+        key_ids, value_ids = pieces(f" {keys[i]}"), pieces(f" {values[i]},")
+        if len(out) + len(key_ids) + len(value_ids) > length:
+            break
+        out += key_ids
+        spans.append((len(out), len(out) + len(value_ids) - 1))  # the value's digits, not the comma
+        out += value_ids
+    if len(out) > length or not spans:
+        raise ConfigError(f"length={length} is too short for an MQAR document of {pairs} pairs")
+    return out, spans
+
+
+TASKS = {"passkey": passkey_document, "mqar": mqar_document}
+
+
+def task_documents(task: str, tokenizer, count: int, min_length: int, max_length: int, seed: int):
+    """`count` (ids, spans) documents of `task` with lengths uniform in [min_length, max_length] tokens."""
+    if task not in TASKS:
+        raise ConfigError(f"task={task!r} is invalid: expected one of {', '.join(TASKS)}")
+    if not 0 < min_length <= max_length:
+        raise ConfigError(f"lengths {min_length}..{max_length} are invalid: 0 < min <= max")
+    pieces, rng = _Pieces(tokenizer), np.random.default_rng(seed)
+    for _ in range(count):
+        ids, spans = TASKS[task](pieces, rng, int(rng.integers(min_length, max_length + 1)))
+        yield ids, spans if isinstance(spans, list) else [spans]
+
+
+def python_source_text(min_chars: int, max_files: int = 100_000, seed: int = 0) -> list:
+    """Long Python source files of the installed packages (sorted, then seeded-shuffled), each at least
+    `min_chars` long: real long-range structure (identifiers defined once and used throughout a file)."""
+    import sysconfig
+
+    roots = sorted({sysconfig.get_paths()[k] for k in ("purelib", "platlib")})
+    files = []
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if name.endswith(".py"):
+                    path = os.path.join(dirpath, name)
+                    try:
+                        if os.path.getsize(path) >= min_chars:
+                            files.append(path)
+                    except OSError:
+                        continue
+            if len(files) >= max_files:
+                break
+    np.random.default_rng(seed).shuffle(files)
+    return files
+
+
+def write_synthetic(out_dir: str, tokenizer, tokenizer_spec: str, tasks=("passkey", "mqar"), train_docs: int = 4000,
+                    heldout_docs: int = 64, min_length: int = 96, max_length: int = 128,
+                    heldout_lengths=(128, 256, 512), code_docs: int = 32, code_length: int = 512, seed: int = 0) -> dict:
+    """Writes OUT/<task>_train (lengths uniform in [min_length, max_length]), OUT/<task>_heldout_<N> (at most
+    N tokens each, other seeds) as .bin/.idx, and OUT/code_heldout (`code_docs` Python source files
+    of >= code_length tokens) for perplexity by position; returns the manifest (also OUT/synthetic.json)."""
+    import json
+
+    os.makedirs(out_dir, exist_ok=True)
+    eod = tokenizer.eod
+    manifest = {"tokenizer": tokenizer_spec, "seed": seed, "sets": {}}
+
+    def put(name, docs, **info):
+        prefix = os.path.join(out_dir, name)
+        docs = list(docs)
+        tokens = write_indexed(prefix, docs, tokenizer.vocab_size)
+        manifest["sets"][name] = {"prefix": prefix, "documents": len(docs), "tokens": tokens, **info}
+
+    for t, task in enumerate(tasks):
+        put(f"{task}_train", (ids + [eod] for ids, _ in
+                              task_documents(task, tokenizer, train_docs, min_length, max_length, seed * 1000 + t)),
+            task=task, lengths=[min_length, max_length])
+        for n in heldout_lengths:
+            put(f"{task}_heldout_{n}", (ids for ids, _ in
+                                        task_documents(task, tokenizer, heldout_docs, n, n, 10**6 + seed * 1000 + t * 97 + n)),
+                task=task, lengths=[n, n], held_out=True)
+    if code_docs:
+        docs = []
+        for path in python_source_text(code_length):  # bytes >= tokens for every tokenizer megamid has
+            with open(path, encoding="utf-8", errors="replace") as f:
+                ids = tokenizer.encode(f.read())
+            if len(ids) >= code_length:
+                docs.append(ids)
+            if len(docs) == code_docs:
+                break
+        put("code_heldout", docs, source="Python files of the installed packages", held_out=True, min_length=code_length)
+    with open(os.path.join(out_dir, "synthetic.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+    return manifest
