@@ -89,7 +89,8 @@ class _Pieces:
 
 def passkey_document(pieces: _Pieces, rng: np.random.Generator, length: int, depth: float = None):
     """(ids, answer span): a 5-digit key planted at `depth` (random if None) in filler, asked at the end,
-    at most `length` tokens; the span [lo, hi) holds the answer's tokens (" KEY.")."""
+    at most `length` tokens; the span (lo, hi, depth): [lo, hi) holds the answer's tokens (" KEY.") and
+    depth is the fraction of the filler before the key."""
     key = str(int(rng.integers(10000, 100000)))
     head, question = pieces(PASSKEY_HEAD), pieces(PASSKEY_QUESTION)
     needle, answer = pieces(" " + PASSKEY_NEEDLE.format(key=key)), pieces(f" {key}.")
@@ -112,7 +113,7 @@ def passkey_document(pieces: _Pieces, rng: np.random.Generator, length: int, dep
     for ids in filler[at:]:
         out += ids
     out += question
-    return out + answer, (len(out), len(out) + len(answer))
+    return out + answer, (len(out), len(out) + len(answer), at / max(1, len(filler)))
 
 
 def _mqar_keys(rng: np.random.Generator, n: int) -> list:
@@ -125,7 +126,8 @@ def _mqar_keys(rng: np.random.Generator, n: int) -> list:
 def mqar_document(pieces: _Pieces, rng: np.random.Generator, length: int, pairs: int = None):
     """(ids, answer spans): multi-query associative recall (Zoology's MQAR) in text: `pairs` key-value
     pairs (" kob 41,") then queries of a random half of the keys in a new order (" kob 41,"), at most
-    `length` tokens. Each span [lo, hi) holds a queried value's tokens, predicted from its key."""
+    `length` tokens. Each span (lo, hi, depth): [lo, hi) holds a queried value's tokens, predicted from
+    its key; depth is where the queried pair sits among the pairs (0 first, 1 last)."""
     head, query = pieces(MQAR_HEAD), pieces(MQAR_QUERY)
     pair_len = len(pieces(" kob 41,"))
     if pairs is None:  # as many pairs as fill the window with queries of half of them
@@ -137,12 +139,12 @@ def mqar_document(pieces: _Pieces, rng: np.random.Generator, length: int, pairs:
         out += pieces(f" {k} {v},")
     out += query
     spans = []
-    for i in rng.permutation(pairs)[: max(1, pairs // 2)]:
+    for i in (int(j) for j in rng.permutation(pairs)[: max(1, pairs // 2)]):
         key_ids, value_ids = pieces(f" {keys[i]}"), pieces(f" {values[i]},")
         if len(out) + len(key_ids) + len(value_ids) > length:
             break
         out += key_ids
-        spans.append((len(out), len(out) + len(value_ids) - 1))  # the value's digits, not the comma
+        spans.append((len(out), len(out) + len(value_ids) - 1, i / max(1, pairs - 1)))  # not the comma
         out += value_ids
     if len(out) > length or not spans:
         raise ConfigError(f"length={length} is too short for an MQAR document of {pairs} pairs")
@@ -152,16 +154,44 @@ def mqar_document(pieces: _Pieces, rng: np.random.Generator, length: int, pairs:
 TASKS = {"passkey": passkey_document, "mqar": mqar_document}
 
 
-def task_documents(task: str, tokenizer, count: int, min_length: int, max_length: int, seed: int):
-    """`count` (ids, spans) documents of `task` with lengths uniform in [min_length, max_length] tokens."""
+def _pad(pieces: _Pieces, ids: list, spans: list, length: int, at: int):
+    """ids padded to exactly `length` with single-token spaces inserted at index `at` (spans after it move)."""
+    space = pieces(" ")[-1:]
+    n = length - len(ids)
+    if n <= 0:
+        return ids, spans
+    return ids[:at] + space * n + ids[at:], [(lo + n, hi + n, d) if lo >= at else (lo, hi, d) for lo, hi, d in spans]
+
+
+def task_documents(task: str, tokenizer, count: int, min_length: int, max_length: int, seed: int,
+                   exact: bool = False):
+    """`count` (ids, spans) documents of `task` with lengths uniform in [min_length, max_length] tokens.
+    exact: every document padded with spaces to exactly its drawn length (before a passkey question, after
+    MQAR's queries), so that documents of length L + EOD fill training windows of L + 1 tokens exactly."""
     if task not in TASKS:
         raise ConfigError(f"task={task!r} is invalid: expected one of {', '.join(TASKS)}")
     if not 0 < min_length <= max_length:
         raise ConfigError(f"lengths {min_length}..{max_length} are invalid: 0 < min <= max")
     pieces, rng = _Pieces(tokenizer), np.random.default_rng(seed)
     for _ in range(count):
-        ids, spans = TASKS[task](pieces, rng, int(rng.integers(min_length, max_length + 1)))
-        yield ids, spans if isinstance(spans, list) else [spans]
+        length = int(rng.integers(min_length, max_length + 1))
+        ids, spans = TASKS[task](pieces, rng, length)
+        spans = spans if isinstance(spans, list) else [spans]
+        if exact:
+            at = spans[0][0] - len(pieces(PASSKEY_QUESTION)) if task == "passkey" else len(ids)
+            ids, spans = _pad(pieces, ids, spans, length, at)
+        yield ids, spans
+
+
+def heldout_documents(task: str, tokenizer, length: int, count: int, seed: int = 0):
+    """The (ids, spans) of OUT/<task>_heldout_<length> as write_synthetic writes it (same seeds): an
+    evaluator reads the answer spans from here, the token ids from either."""
+    index = list(TASKS).index(task)
+    return list(task_documents(task, tokenizer, count, length, length, _heldout_seed(seed, index, length), exact=True))
+
+
+def _heldout_seed(seed: int, task_index: int, length: int) -> int:
+    return 10**6 + seed * 1000 + task_index * 97 + length
 
 
 def python_source_text(min_chars: int, max_files: int = 100_000, seed: int = 0) -> list:
@@ -190,10 +220,12 @@ def python_source_text(min_chars: int, max_files: int = 100_000, seed: int = 0) 
 
 def write_synthetic(out_dir: str, tokenizer, tokenizer_spec: str, tasks=("passkey", "mqar"), train_docs: int = 4000,
                     heldout_docs: int = 64, min_length: int = 96, max_length: int = 128,
-                    heldout_lengths=(128, 256, 512), code_docs: int = 32, code_length: int = 512, seed: int = 0) -> dict:
+                    heldout_lengths=(128, 256, 512), code_docs: int = 32, code_length: int = 512, seed: int = 0,
+                    code_train_docs: int = 0) -> dict:
     """Writes OUT/<task>_train (lengths uniform in [min_length, max_length]), OUT/<task>_heldout_<N> (at most
     N tokens each, other seeds) as .bin/.idx, and OUT/code_heldout (`code_docs` Python source files
-    of >= code_length tokens) for perplexity by position; returns the manifest (also OUT/synthetic.json)."""
+    of >= code_length tokens) for perplexity by position, and with code_train_docs OUT/code_train (other
+    Python files, any length); returns the manifest (also OUT/synthetic.json)."""
     import json
 
     os.makedirs(out_dir, exist_ok=True)
@@ -206,24 +238,35 @@ def write_synthetic(out_dir: str, tokenizer, tokenizer_spec: str, tasks=("passke
         tokens = write_indexed(prefix, docs, tokenizer.vocab_size)
         manifest["sets"][name] = {"prefix": prefix, "documents": len(docs), "tokens": tokens, **info}
 
-    for t, task in enumerate(tasks):
+    for task in tasks:
+        t = list(TASKS).index(task)
+        # min == max: documents of exactly max_length tokens with their EOD, aligned to training windows
+        exact = min_length == max_length
         put(f"{task}_train", (ids + [eod] for ids, _ in
-                              task_documents(task, tokenizer, train_docs, min_length, max_length, seed * 1000 + t)),
+                              task_documents(task, tokenizer, train_docs, min_length - exact, max_length - exact,
+                                             seed * 1000 + t, exact)),
             task=task, lengths=[min_length, max_length])
         for n in heldout_lengths:
             put(f"{task}_heldout_{n}", (ids for ids, _ in
-                                        task_documents(task, tokenizer, heldout_docs, n, n, 10**6 + seed * 1000 + t * 97 + n)),
+                                        task_documents(task, tokenizer, heldout_docs, n, n, _heldout_seed(seed, t, n),
+                                                                       exact=True)),
                 task=task, lengths=[n, n], held_out=True)
-    if code_docs:
-        docs = []
+    if code_docs or code_train_docs:
+        heldout, train = [], []
         for path in python_source_text(code_length):  # bytes >= tokens for every tokenizer megamid has
             with open(path, encoding="utf-8", errors="replace") as f:
                 ids = tokenizer.encode(f.read())
-            if len(ids) >= code_length:
-                docs.append(ids)
-            if len(docs) == code_docs:
+            if len(heldout) < code_docs and len(ids) >= code_length:
+                heldout.append(ids)
+            elif len(train) < code_train_docs:
+                train.append(ids + [eod])
+            if len(heldout) == code_docs and len(train) == code_train_docs:
                 break
-        put("code_heldout", docs, source="Python files of the installed packages", held_out=True, min_length=code_length)
+        if code_docs:
+            put("code_heldout", heldout, source="Python files of the installed packages", held_out=True,
+                min_length=code_length)
+        if code_train_docs:
+            put("code_train", train, source="other Python files of the installed packages")
     with open(os.path.join(out_dir, "synthetic.json"), "w") as f:
         json.dump(manifest, f, indent=1)
     return manifest
