@@ -71,7 +71,6 @@ PASSKEY_QUESTION = "\nThe pass key is"
 PASSKEY_FILLER = ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.", "There and back again.")
 MQAR_HEAD = "Recall:"
 MQAR_QUERY = "\nQuery:"
-_CONSONANTS, _VOWELS = "bdfgklmnprstvz", "aeiou"
 
 
 class _Pieces:
@@ -116,38 +115,45 @@ def passkey_document(pieces: _Pieces, rng: np.random.Generator, length: int, dep
     return out + answer, (len(out), len(out) + len(answer), at / max(1, len(filler)))
 
 
-def _mqar_keys(rng: np.random.Generator, n: int) -> list:
-    keys = set()
-    while len(keys) < n:
-        keys.add(rng.choice(list(_CONSONANTS)) + rng.choice(list(_VOWELS)) + rng.choice(list(_CONSONANTS)))
-    return [keys_ for keys_ in rng.permutation(sorted(keys))]
+MQAR_KEYS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+MQAR_VALUES = "0123456789"
+MQAR_MAX_PAIRS = 24
 
 
 def mqar_document(pieces: _Pieces, rng: np.random.Generator, length: int, pairs: int = None):
-    """(ids, answer spans): multi-query associative recall (Zoology's MQAR) in text: `pairs` key-value
-    pairs (" kob 41,") then queries of a random half of the keys in a new order (" kob 41,"), at most
-    `length` tokens. Each span (lo, hi, depth): [lo, hi) holds a queried value's tokens, predicted from
-    its key; depth is where the queried pair sits among the pairs (0 first, 1 last)."""
-    head, query = pieces(MQAR_HEAD), pieces(MQAR_QUERY)
-    pair_len = len(pieces(" kob 41,"))
-    if pairs is None:  # as many pairs as fill the window with queries of half of them
-        pairs = max(1, (length - len(head) - len(query)) * 2 // (3 * pair_len))
-    keys = _mqar_keys(rng, pairs)
-    values = [str(int(v)) for v in rng.integers(10, 100, size=pairs)]
-    out = list(head)
-    for k, v in zip(keys, values):
-        out += pieces(f" {k} {v},")
-    out += query
-    spans = []
-    for i in (int(j) for j in rng.permutation(pairs)[: max(1, pairs // 2)]):
-        key_ids, value_ids = pieces(f" {keys[i]}"), pieces(f" {values[i]},")
-        if len(out) + len(key_ids) + len(value_ids) > length:
-            break
-        out += key_ids
-        spans.append((len(out), len(out) + len(value_ids) - 1, i / max(1, pairs - 1)))  # not the comma
-        out += value_ids
-    if len(out) > length or not spans:
+    """(ids, answer spans): multi-query associative recall (Zoology's MQAR) in text: key-value pairs of
+    one letter and one digit (" k7") spread over the window by runs of spaces, then queries of a random
+    half of the keys in a new order (" k7"), exactly `length` tokens. Keys and values are single
+    characters so that a byte model sees Zoology's one-token keys and values; a key is the only letter
+    followed by a digit. Each span (lo, hi, depth): [lo, hi) holds a queried value's tokens, predicted
+    from its key; depth is where the queried pair sits in the window (0 start, 1 end of the pairs)."""
+    head, query, space = pieces(MQAR_HEAD), pieces(MQAR_QUERY), pieces(" ")[-1:]
+    pair_len = max(len(pieces(f" {k}{v}")) for k in "aZ" for v in "07")
+    if pairs is None:  # the most pairs (up to MQAR_MAX_PAIRS) whose queries also fit
+        pairs = min(MQAR_MAX_PAIRS, (length - len(head) - len(query)) * 2 // (3 * pair_len))
+    if pairs < 1:
+        raise ConfigError(f"length={length} is too short for an MQAR document")
+    keys = [MQAR_KEYS[int(i)] for i in rng.choice(len(MQAR_KEYS), size=pairs, replace=False)]
+    values = [MQAR_VALUES[int(i)] for i in rng.integers(0, len(MQAR_VALUES), size=pairs)]
+    asked = [int(i) for i in rng.permutation(pairs)[: max(1, pairs // 2)]]
+    queries = [(pieces(f" {keys[i]}"), pieces(f"{values[i]}")) for i in asked]
+    pair_ids = [pieces(f" {k}{v}") for k, v in zip(keys, values)]
+    gap = length - len(head) - len(query) - sum(map(len, pair_ids)) - sum(len(a) + len(b) for a, b in queries)
+    if gap < 0:
         raise ConfigError(f"length={length} is too short for an MQAR document of {pairs} pairs")
+    cuts = np.sort(rng.integers(0, gap + 1, size=pairs))  # spaces before each pair: the pairs spread out
+    out, starts, used = list(head), [], 0
+    for cut, ids in zip(cuts, pair_ids):
+        out += space * int(cut - used)
+        used = int(cut)
+        starts.append(len(out))
+        out += ids
+    out += space * (gap - used) + query
+    spans = []
+    for i, (key_ids, value_ids) in zip(asked, queries):
+        out += key_ids
+        spans.append((len(out), len(out) + len(value_ids), (starts[i] - len(head)) / max(1, starts[-1] - len(head))))
+        out += value_ids
     return out, spans
 
 
@@ -166,8 +172,8 @@ def _pad(pieces: _Pieces, ids: list, spans: list, length: int, at: int):
 def task_documents(task: str, tokenizer, count: int, min_length: int, max_length: int, seed: int,
                    exact: bool = False):
     """`count` (ids, spans) documents of `task` with lengths uniform in [min_length, max_length] tokens.
-    exact: every document padded with spaces to exactly its drawn length (before a passkey question, after
-    MQAR's queries), so that documents of length L + EOD fill training windows of L + 1 tokens exactly."""
+    exact: every passkey document padded with spaces to exactly its drawn length (before the question; MQAR
+    documents are always exact), so that documents of length L + EOD fill training windows of L + 1 tokens exactly."""
     if task not in TASKS:
         raise ConfigError(f"task={task!r} is invalid: expected one of {', '.join(TASKS)}")
     if not 0 < min_length <= max_length:
@@ -178,8 +184,8 @@ def task_documents(task: str, tokenizer, count: int, min_length: int, max_length
         ids, spans = TASKS[task](pieces, rng, length)
         spans = spans if isinstance(spans, list) else [spans]
         if exact:
-            at = spans[0][0] - len(pieces(PASSKEY_QUESTION)) if task == "passkey" else len(ids)
-            ids, spans = _pad(pieces, ids, spans, length, at)
+            if task == "passkey":  # (MQAR documents are exact already)
+                ids, spans = _pad(pieces, ids, spans, length, spans[0][0] - len(pieces(PASSKEY_QUESTION)))
         yield ids, spans
 
 

@@ -3,7 +3,7 @@
 passkey   log-likelihood ranking of 4 candidate keys (chance 0.25) by length and depth (megamid.eval.runner)
 mqar      held-out multi-query associative recall documents (megamid.data.synthetic): a query is right when
           every token of its value is the model's argmax given the document so far (teacher-forced exact
-          match; chance ~1/90 for two-digit values); by length and by depth (where the queried pair sits
+          match; chance 0.1 for the one-digit values); by length and by depth (where the queried pair sits
           among the pairs, in thirds)
 ppl       perplexity by position over held-out Python source files (megamid.eval.perplexity)
 short     perplexity of the first L tokens of the same files (the short-context regression check)

@@ -38,7 +38,7 @@ def extension_report(r: Dict, out: str) -> str:
              f"at L: passkey {_f(base['passkey'][n1])} (chance 0.25), MQAR {_f(base['mqar'][n1])}; "
              f"code ppl@L {_f(base['ppl'][n1]['ppl_mean'], 3)}.", "",
              "Passkey: ranking of 4 candidates (chance 0.25). MQAR: teacher-forced exact match of every queried "
-             "two-digit value (chance ~0.01). ppl: held-out Python files, mean over the window. Zero-shot uses "
+             "one-digit value (chance 0.1). ppl: held-out Python files, mean over the window. Zero-shot uses "
              "factor 2 at 2L and factor 4 at 4L and L (the 4L rope's cost at short context); fine-tuned is "
              f"{r['scale']['ft_steps']} steps at 4L with factor 4, every method the same data and LR.", "",
              "## Zero-shot", ""]
