@@ -11,7 +11,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("study", choices=["extension", "anneal"], help="which study")
     parser.add_argument("out", help="output folder (data, checkpoints, report.md)")
     parser.add_argument("--quick", action="store_true", help="a few steps of everything (the test's plumbing check)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads per training process (default 2)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads per training process (default 1)")
     parser.add_argument("--base-max-steps", type=int, default=None, help="extension: cap of the base's steps")
     parser.add_argument("--ft-steps", type=int, default=None, help="extension: fine-tune steps per method")
 

@@ -121,16 +121,17 @@ MQAR_MAX_PAIRS = 24
 
 
 def mqar_document(pieces: _Pieces, rng: np.random.Generator, length: int, pairs: int = None):
-    """(ids, answer spans): multi-query associative recall (Zoology's MQAR) in text: key-value pairs of
-    one letter and one digit (" k7") spread over the window by runs of spaces, then queries of a random
+    """(ids, answer spans): multi-query associative recall (Zoology's MQAR) in text: 2 to 24 key-value pairs
+    (as many as fit, at most) of one letter and one digit (" k7") spread over the window by runs of spaces, then queries of a random
     half of the keys in a new order (" k7"), exactly `length` tokens. Keys and values are single
     characters so that a byte model sees Zoology's one-token keys and values; a key is the only letter
     followed by a digit. Each span (lo, hi, depth): [lo, hi) holds a queried value's tokens, predicted
     from its key; depth is where the queried pair sits in the window (0 start, 1 end of the pairs)."""
     head, query, space = pieces(MQAR_HEAD), pieces(MQAR_QUERY), pieces(" ")[-1:]
     pair_len = max(len(pieces(f" {k}{v}")) for k in "aZ" for v in "07")
-    if pairs is None:  # the most pairs (up to MQAR_MAX_PAIRS) whose queries also fit
-        pairs = min(MQAR_MAX_PAIRS, (length - len(head) - len(query)) * 2 // (3 * pair_len))
+    if pairs is None:  # uniform from 2 to the most (up to MQAR_MAX_PAIRS) whose queries also fit: the easy
+        most = min(MQAR_MAX_PAIRS, (length - len(head) - len(query)) * 2 // (3 * pair_len))  # ones teach recall
+        pairs = int(rng.integers(min(2, most), most + 1)) if most >= 1 else 0
     if pairs < 1:
         raise ConfigError(f"length={length} is too short for an MQAR document")
     keys = [MQAR_KEYS[int(i)] for i in rng.choice(len(MQAR_KEYS), size=pairs, replace=False)]
@@ -200,6 +201,15 @@ def _heldout_seed(seed: int, task_index: int, length: int) -> int:
     return 10**6 + seed * 1000 + task_index * 97 + length
 
 
+def _plain_source(text: str) -> bool:
+    """Hand-written code: (almost) all ASCII and not a generated file (transformers' modular copies open
+    with a banner of emoji; data tables and vendored blobs are not code a model learns from context)."""
+    head = text[:2000].lower()
+    if "generated" in head or "do not edit" in head:
+        return False
+    return sum(ch.isascii() for ch in text) >= 0.995 * len(text)
+
+
 def python_source_text(min_chars: int, max_files: int = 100_000, seed: int = 0) -> list:
     """Long Python source files of the installed packages (sorted, then seeded-shuffled), each at least
     `min_chars` long: real long-range structure (identifiers defined once and used throughout a file)."""
@@ -261,7 +271,10 @@ def write_synthetic(out_dir: str, tokenizer, tokenizer_spec: str, tasks=("passke
         heldout, train = [], []
         for path in python_source_text(code_length):  # bytes >= tokens for every tokenizer megamid has
             with open(path, encoding="utf-8", errors="replace") as f:
-                ids = tokenizer.encode(f.read())
+                text = f.read()
+            if not _plain_source(text):
+                continue
+            ids = tokenizer.encode(text)
             if len(heldout) < code_docs and len(ids) >= code_length:
                 heldout.append(ids)
             elif len(train) < code_train_docs:

@@ -26,9 +26,9 @@ class Scale:
     num_attention_heads: int = 4
     ffn_hidden_size: int = 512
     length: int = 128                 # L: the base's window; extension goes to 2L and 4L
-    base_batch: int = 32
+    base_batch: int = 16
     base_lr: float = 2e-3
-    base_max_steps: int = 2000        # the cap of the stop criterion
+    base_max_steps: int = 3000        # the cap of the stop criterion
     check_every: int = 100            # steps between retrieval checks of the base
     target_passkey: float = 0.95
     target_mqar: float = 0.9
@@ -40,11 +40,11 @@ class Scale:
     code_train_docs: int = 1500
     heldout_docs: int = 32
     code_docs: int = 16
-    samples: int = 4                  # passkey samples per (length, depth)
+    samples: int = 8                  # passkey samples per (length, depth)
     depths: tuple = (0.0, 0.5, 1.0)
     anneal_stable_steps: int = 300
     anneal_steps: int = 150
-    threads: int = 2
+    threads: int = 1                  # per process: 2 OpenMP threads on 2 busy cores thrash
 
 
 QUICK = Scale(num_layers=1, hidden_size=32, num_attention_heads=2, ffn_hidden_size=64, base_batch=4,
