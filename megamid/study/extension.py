@@ -1,6 +1,6 @@
 """`megamid study extension OUT`: do the context-extension methods work? One base, seven methods.
 
-1. Data (megamid.data.synthetic, byte tokenizer): passkey and MQAR documents of exactly L tokens, the
+1. Data (megamid.data.synthetic, byte tokenizer): passkey, MQAR and copy documents of exactly L tokens, the
    same at 4L for the fine-tune, Python source files (train), held-out passkey/MQAR sets at L, 2L, 4L
    and held-out Python files of >= 4L tokens for perplexity by position.
 2. A base trained at L (constant LR after warm-up) until it retrieves: every `check_every` steps,
@@ -103,14 +103,17 @@ def run(out: str, scale: Scale, log: Callable = print) -> Dict:
     data, data_long = os.path.join(out, "data"), os.path.join(out, "data_long")
     write_synthetic(data, tok, "byte", ("passkey", "mqar"), scale.train_docs, scale.heldout_docs, L, L,
                     (L, 2 * L, 4 * L), scale.code_docs, 4 * L, 0, scale.code_train_docs)
+    write_synthetic(os.path.join(data, "copy"), tok, "byte", ("copy",), scale.train_docs, 1, L, L, (), 0)
     write_synthetic(data_long, tok, "byte", ("passkey", "mqar"), scale.long_train_docs, 1, 4 * L, 4 * L, (), 0,
                     4 * L, 1)
     commands.append(f"(data) megamid data synthetic {data} --min-length {L} --max-length {L} "
                     f"--heldout-lengths {L},{2 * L},{4 * L} --code-length {4 * L} ...")
     times["data"] = time.perf_counter() - start
-    sources = lambda d: [{"name": "passkey", "prefix": os.path.join(d, "passkey_train"), "weight": 0.4},
-                         {"name": "mqar", "prefix": os.path.join(d, "mqar_train"), "weight": 0.4},
-                         {"name": "code", "prefix": os.path.join(data, "code_train"), "weight": 0.2}]
+    # copy documents (a dense induction signal) help the recall circuits form within a CPU budget
+    sources = lambda d: [{"name": "passkey", "prefix": os.path.join(d, "passkey_train"), "weight": 0.35},
+                         {"name": "mqar", "prefix": os.path.join(d, "mqar_train"), "weight": 0.35},
+                         {"name": "copy", "prefix": os.path.join(data, "copy", "copy_train"), "weight": 0.15},
+                         {"name": "code", "prefix": os.path.join(data, "code_train"), "weight": 0.15}]
     evaluator = Evaluator(tok, data, scale)
 
     # 2. the base, until it retrieves

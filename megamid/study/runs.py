@@ -27,7 +27,7 @@ class Scale:
     ffn_hidden_size: int = 512
     length: int = 128                 # L: the base's window; extension goes to 2L and 4L
     base_batch: int = 16
-    base_lr: float = 2e-3
+    base_lr: float = 3e-3
     base_max_steps: int = 3000        # the cap of the stop criterion
     check_every: int = 100            # steps between retrieval checks of the base
     target_passkey: float = 0.95

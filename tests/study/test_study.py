@@ -31,7 +31,7 @@ def test_passkey_text_is_the_evals_short_form():
     assert (PASSKEY_HEAD, PASSKEY_NEEDLE, PASSKEY_QUESTION) == PASSKEY_SHORT
 
 
-@pytest.mark.parametrize("task", ["passkey", "mqar"])
+@pytest.mark.parametrize("task", ["passkey", "mqar", "copy"])
 def test_documents_are_exact_and_spans_hold_the_answers(task):
     tok = ByteTokenizer()
     docs = list(task_documents(task, tok, 20, 128, 256, seed=3, exact=True))
@@ -43,7 +43,9 @@ def test_documents_are_exact_and_spans_hold_the_answers(task):
         for lo, hi, depth in spans:
             answer = tok.decode(ids[lo:hi])
             assert 0 <= depth <= 1
-            if task == "passkey":  # the key asked for is the key planted
+            if task == "copy":  # the repeat is the string
+                assert text.startswith("Copy:" + answer + "\nAgain:" + answer)
+            elif task == "passkey":  # the key asked for is the key planted
                 assert text.endswith(PASSKEY_QUESTION + answer) and f"The pass key is{answer}" in text
             else:  # the queried value is the one paired with the key before the queries
                 key = tok.decode(ids[:lo]).rsplit(" ", 1)[1]
