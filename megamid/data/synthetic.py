@@ -163,13 +163,16 @@ COPY_CHARS = MQAR_KEYS + MQAR_VALUES
 
 
 def copy_document(pieces: _Pieces, rng: np.random.Generator, length: int):
-    """(ids, span): a random string of letters and digits, then the same string again, exactly `length`
-    tokens; every token of the repeat can be copied from the first half (an induction-head task that a
+    """(ids, span): a random string of letters and digits (random length), then the same string again,
+    padded with spaces to exactly `length` tokens; every token of the repeat can be copied from the first half (an induction-head task that a
     small model learns in a few hundred steps, and the mechanism recall builds on)."""
     head, again = pieces(COPY_HEAD), pieces(COPY_AGAIN)
-    n = (length - len(head) - len(again)) // 2
-    if n < 1:
+    most = (length - len(head) - len(again)) // 2
+    if most < 1:
         raise ConfigError(f"length={length} is too short for a copy document")
+    # a random length: the repeat starts at a different offset in every document, so copying must find
+    # its place by content (an induction head), not by a fixed distance
+    n = int(rng.integers(min(8, most), most + 1))
     chars = [pieces(COPY_CHARS[int(i)]) for i in rng.integers(0, len(COPY_CHARS), size=n)]
     body = [t for ids in chars for t in ids][:n]
     out = head + body + again
