@@ -15,7 +15,7 @@ from collections import defaultdict
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "megamid"
 PARTS = {"attention", "rope", "kernels", "data", "optim"}   # one layer: may import each other, without cycles
 RANK = {"errors": 0, "platform": 0, "config": 1, **{p: 2 for p in PARTS}, "model": 3, "checkpoint": 4, "eval": 5,
-        "train": 6, "recipe": 7, "cli": 8}
+        "train": 6, "recipe": 7, "study": 8, "cli": 9}
 
 
 def _module_name(path: pathlib.Path) -> str:

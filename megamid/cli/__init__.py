@@ -15,6 +15,7 @@ COMMANDS = {
     "plan": "validate a recipe and print its phase table without training",
     "data": "prepare indexed datasets, train tokenizers, build the demo corpus",
     "eval": "long-context evaluation of a checkpoint",
+    "study": "small-scale studies: context extension methods, annealing (report.md)",
 }
 
 

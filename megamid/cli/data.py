@@ -1,8 +1,9 @@
-"""megamid data {prepare,train-tokenizer,demo-corpus} ...   (`megamid data -h` lists options)
+"""megamid data {prepare,train-tokenizer,demo-corpus,synthetic} ...   (`megamid data -h` lists options)
 
   megamid data prepare --input FILES... --tokenizer byte|SP.model|tokenizer.json --output PREFIX
   megamid data train-tokenizer --input FILES... --output DIR/NAME --vocab-size 8000
   megamid data demo-corpus OUT [--size tiny|small] [--seed 0] [--tokenizer byte]
+  megamid data synthetic OUT [--tasks passkey,mqar] [--tokenizer byte] [--min-length 96 --max-length 128]
 """
 
 import json
@@ -36,6 +37,19 @@ def add_arguments(parser) -> None:
     d.add_argument("--tokenizer", default="byte", help="tokenizer for the .bin/.idx; 'none' writes JSONL only")
     d.add_argument("--workers", type=int, default=1)
 
+    y = sub.add_parser("synthetic", help="passkey / MQAR training and held-out sets + a held-out code ppl set")
+    y.add_argument("out", help="output folder: <task>_train, <task>_heldout_<N>, code_heldout (.bin/.idx)")
+    y.add_argument("--tasks", default="passkey,mqar", help="comma-separated, from passkey,mqar")
+    y.add_argument("--tokenizer", default="byte", help="'byte', a sentencepiece .model, or a tokenizer.json")
+    y.add_argument("--train-docs", type=int, default=4000, help="training documents per task")
+    y.add_argument("--min-length", type=int, default=96, help="shortest training document (tokens)")
+    y.add_argument("--max-length", type=int, default=128, help="longest training document (tokens)")
+    y.add_argument("--heldout-lengths", default="128,256,512", help="lengths of the held-out sets (tokens)")
+    y.add_argument("--heldout-docs", type=int, default=64, help="held-out documents per task and length")
+    y.add_argument("--code-docs", type=int, default=32, help="held-out Python source files (0: none)")
+    y.add_argument("--code-length", type=int, default=512, help="shortest code document (tokens)")
+    y.add_argument("--seed", type=int, default=0)
+
 
 def run(args) -> int:
     from megamid.cli import CommandError
@@ -56,6 +70,26 @@ def run(args) -> int:
         path = train_tokenizer(args.input, args.output, args.vocab_size, args.model_type, args.text_key,
                                args.max_sentences)
         print(f"wrote {path} (vocab {args.vocab_size})")
+    elif args.action == "synthetic":
+        from megamid.data.synthetic import TASKS, write_synthetic
+        from megamid.data.tokenizer_files import load_tokenizer
+
+        tasks = [t for t in args.tasks.split(",") if t]
+        unknown = [t for t in tasks if t not in TASKS]
+        if unknown or not tasks:
+            raise CommandError(f"--tasks={args.tasks!r} is invalid: valid tasks are {', '.join(TASKS)}")
+        try:
+            lengths = [int(n) for n in args.heldout_lengths.split(",") if n]
+        except ValueError:
+            raise CommandError(f"--heldout-lengths={args.heldout_lengths!r} is invalid: comma-separated integers") from None
+        for name in ("train_docs", "min_length", "max_length", "heldout_docs"):
+            if getattr(args, name) < 1:
+                raise CommandError(f"--{name.replace('_', '-')}={getattr(args, name)} is invalid: a positive integer")
+        manifest = write_synthetic(args.out, load_tokenizer(args.tokenizer), args.tokenizer, tasks, args.train_docs,
+                                   args.heldout_docs, args.min_length, args.max_length, lengths, args.code_docs,
+                                   args.code_length, args.seed)
+        for name, entry in manifest["sets"].items():
+            print(f"{name:20s} {entry['documents']:6d} docs {entry['tokens']:10d} tokens -> {entry['prefix']}")
     else:
         from megamid.data.demo_corpus import write_corpus
 

@@ -47,6 +47,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-batch", type=int, default=4,
                         help="sequences per forward: bounds peak memory (candidates of one prompt are scored "
                              "in chunks of this many rows; default 4)")
+    parser.add_argument("--rope", metavar="TYPE[:key=value,...]",
+                        help="evaluate under this rope instead of the checkpoint's (zero-shot), e.g. "
+                             "yarn:factor=4,original_max_position_embeddings=256; theta defaults to the checkpoint's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="output directory (default: CKPT/eval)")
 
@@ -72,6 +75,27 @@ def _check_counts(args) -> None:
         raise CommandError(f"--depths {','.join(map(str, bad or args.depths))} is invalid: expected depths in [0, 1]")
 
 
+def _checked_rope(ckpt: str, spec: dict) -> dict:
+    """`spec` with the checkpoint's theta (etc.) unless given, checked against its model before loading it."""
+    from megamid.checkpoint.checkpointer import resolve
+    from megamid.checkpoint.record import load_record
+    from megamid.config import ModelConfig, build
+    from megamid.config.eval import eval_rope
+    from megamid.rope import model_rope_scaling
+
+    record = load_record(resolve(ckpt, "checkpoint"))
+    rope = eval_rope(record["rope"], spec)
+    model_rope_scaling(build(ModelConfig, record["model"], "model"), rope, "--rope")
+    return rope
+
+
+def _switch_rope(model, rope: dict) -> None:
+    from megamid.model.builder import set_rope
+
+    for chunk in model.chunks:
+        set_rope(chunk, rope)
+
+
 def run(args) -> int:
     from megamid.eval.in_loop import read_documents
     from megamid.eval.runner import TASK_NAMES, evaluate
@@ -84,19 +108,25 @@ def run(args) -> int:
         raise CommandError("--tasks ppl/short need --documents (held-out token ids: .npy, .npz or an indexed dataset prefix)")
     if "short" in args.tasks and not args.baseline:
         print("megamid eval: no --baseline: 'short' reports perplexity without a ratio")
+    from megamid.config.eval import parse_rope_spec
+
+    rope = _checked_rope(args.ckpt, parse_rope_spec(args.rope)) if args.rope else None
     documents = read_documents(args.documents, args.lengths, args.max_documents)
     short_documents = read_documents(args.short_documents, [2], args.max_documents)
     from megamid.platform import is_rank0, shutdown
 
     try:
         model, tokenizer = _load(args.ckpt, args)
+        if rope is not None:
+            _switch_rope(model, rope)
         baseline = _load(args.baseline, args)[0] if args.baseline else None
         # under torchrun every rank evaluates (data-parallel replicas of one model); rank 0 writes
         out_dir = (args.out or os.path.join(args.ckpt, "eval")) if is_rank0() else None
         results = evaluate(model, tokenizer, args.tasks, args.lengths, out_dir, depths=args.depths, samples=args.samples,
                            num_candidates=args.num_candidates, seed=args.seed, ruler_tasks=args.ruler_tasks,
                            greedy=args.greedy, documents=documents, short_documents=short_documents,
-                           short_length=args.short_length, baseline=baseline, max_documents=args.max_documents)
+                           short_length=args.short_length, baseline=baseline, max_documents=args.max_documents,
+                           rope=rope)
     except ValueError as exc:  # a length too short for a task, an unknown RULER task: user input
         raise CommandError(str(exc)) from None
     finally:

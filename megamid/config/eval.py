@@ -9,7 +9,14 @@ evaluations; the phase end always evaluates), documents / short_documents (ppl/s
 indexed prefix; default the phase's first data source, which the run trains on: point it at a held-out
 prefix for a clean number), max_batch (sequences per forward), and the keywords of
 `megamid.eval.runner.evaluate` (samples, depths, num_candidates, seed, ruler_tasks, greedy, short_length,
-num_buckets, max_documents, use_matplotlib).
+num_buckets, max_documents, use_matplotlib), and rope: evaluate under another RoPE than the phase trains
+with (zero-shot: `rope: {type: yarn, factor: 4, original_max_position_embeddings: 256}`; theta defaults to
+the training rope's); the training rope is restored after each evaluation.
+
+Without `documents`, ppl/short read the last documents of the phase's first data source: that is
+training data, not held out, and the results say so (`ppl.held_out: false`). Megatron-LM evaluates on a
+held-out split of its blend; here a held-out set is named by `documents` (e.g. one written by
+`megamid data synthetic`).
 """
 
 from dataclasses import dataclass, fields
@@ -52,7 +59,43 @@ _CHECKS = {
     "max_documents": ("a positive integer", _pos_int),
     "max_batch": ("a positive integer (sequences per forward)", _pos_int),
     "use_matplotlib": ("true, false or null", lambda v: v is None or isinstance(v, bool)),
+    "rope": ("a rope mapping with a string 'type' (e.g. {type: yarn, factor: 4, original_max_position_embeddings: 256})",
+             lambda v: isinstance(v, dict) and isinstance(v.get("type"), str)),
 }
+
+
+def parse_rope_spec(text: str, where: str = "--rope") -> dict:
+    """'TYPE[:key=value,...]' -> a rope mapping ({'type': TYPE, key: value}); values are YAML scalars."""
+    import yaml
+
+    kind, _, rest = str(text).partition(":")
+    if not kind.strip():
+        raise ConfigError(f"{where}={text!r} is invalid: expected TYPE[:key=value,...], e.g. "
+                          "yarn:factor=4,original_max_position_embeddings=256")
+    out = {"type": kind.strip()}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip() or not value.strip():
+            raise ConfigError(f"{where}={text!r} is invalid: {item!r} is not key=value")
+        try:
+            out[key.strip()] = yaml.safe_load(value.strip())
+        except yaml.YAMLError:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def eval_rope(training_rope: dict, rope: dict) -> dict:
+    """The rope mapping to evaluate under: `rope` with the training rope's theta (and head_dim,
+    rotary_dim or partial_rotary_factor) where it gives none."""
+    out = dict(rope)
+    for key in ("theta", "head_dim"):
+        if key not in out and key in training_rope:
+            out[key] = training_rope[key]
+    if "rotary_dim" not in out and "partial_rotary_factor" not in out:
+        for key in ("rotary_dim", "partial_rotary_factor"):
+            if key in training_rope:
+                out[key] = training_rope[key]
+    return out
 
 
 @dataclass(frozen=True)
@@ -75,6 +118,7 @@ class EvalConfig:
     max_documents: int = DEFAULT_MAX_DOCUMENTS
     max_batch: int = 4
     use_matplotlib: Optional[bool] = None
+    rope: Optional[dict] = None
 
     @classmethod
     def from_mapping(cls, phase_name: str, mapping) -> "EvalConfig":
@@ -92,7 +136,8 @@ class EvalConfig:
         if unknown:
             raise ConfigError(f"{where}.tasks={mapping['tasks']!r} is invalid: unknown {', '.join(unknown)}; "
                               f"valid: {', '.join(TASK_NAMES)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in mapping.items()})
+        return cls(**{k: tuple(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v
+                      for k, v in mapping.items()})
 
     @property
     def needs_documents(self) -> bool:
@@ -100,7 +145,7 @@ class EvalConfig:
 
     def evaluate_kwargs(self) -> dict:
         """The keywords of `megamid.eval.runner.evaluate` this config sets (defaults left to it)."""
-        skip = ("tasks", "lengths", "interval", "documents", "short_documents", "max_batch", "use_matplotlib")
+        skip = ("tasks", "lengths", "interval", "documents", "short_documents", "max_batch", "use_matplotlib", "rope")
         return {f.name: getattr(self, f.name) for f in fields(self)
                 if f.name not in skip and getattr(self, f.name) is not None}
 
@@ -111,4 +156,4 @@ class EvalConfig:
                 if (v := getattr(self, f.name)) != getattr(default, f.name)}
 
 
-__all__ = ["DEFAULT_TASKS", "EvalConfig", "TASK_NAMES"]
+__all__ = ["DEFAULT_TASKS", "EvalConfig", "TASK_NAMES", "eval_rope", "parse_rope_spec"]

@@ -7,7 +7,7 @@ for any tokenizer and does not depend on how a BPE merges across piece boundarie
 """
 
 import random
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from megamid.eval.protocol import Tokenizer
 
@@ -117,14 +117,17 @@ def assemble(encode: TokenCache, length: int, prefix: str, filler: Iterator[str]
 class Sample:
     """One prompt with its candidate answers; candidates[answer_index] is right.
 
-    Candidates are continuations that start with a space ("... The pass key is" + " 68220"), scored as
-    separately encoded tokens after the prompt, as lm-evaluation-harness does."""
+    Candidates are continuations that start with a space ("... The pass key is" + " 68220."). `suffix`
+    is the text of the prompt's last piece (its ids end the prompt): candidates are tokenized together
+    with it (megamid.eval.scoring.joint_continuations), so a tokenizer that merges across the boundary
+    is scored on the tokens it would produce; None scores separately encoded candidates."""
 
-    __slots__ = ("task", "length", "depth", "prompt", "candidates", "answer_index")
+    __slots__ = ("task", "length", "depth", "prompt", "candidates", "answer_index", "suffix")
 
-    def __init__(self, task: str, length: int, depth, prompt: List[int], candidates: List[str], answer_index: int):
+    def __init__(self, task: str, length: int, depth, prompt: List[int], candidates: List[str], answer_index: int,
+                 suffix: Optional[str] = None):
         self.task, self.length, self.depth = task, length, depth
-        self.prompt, self.candidates, self.answer_index = prompt, candidates, answer_index
+        self.prompt, self.candidates, self.answer_index, self.suffix = prompt, candidates, answer_index, suffix
 
     @property
     def answer(self) -> str:

@@ -10,7 +10,7 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 from megamid.config.base import ConfigError
-from megamid.config.eval import DEFAULT_MAX_DOCUMENTS, EvalConfig
+from megamid.config.eval import DEFAULT_MAX_DOCUMENTS, EvalConfig, eval_rope
 
 
 def _long_documents(prefix: str, lengths: Sequence[int], count: Optional[int]) -> List:
@@ -52,6 +52,8 @@ def summary(results: Dict) -> str:
         for length, res in results["ppl"]["by_length"].items():
             ppl = res["ppl_mean"]
             parts.append(f"ppl@{length} {'-' if ppl is None else f'{ppl:.2f}'}")
+        if results["ppl"].get("held_out") is False:
+            parts.append("(ppl on training data, not held out)")
     if results.get("short"):
         parts.append(f"short ppl {results['short']['ppl']:.2f}")
     return " | ".join(parts)
@@ -59,15 +61,18 @@ def summary(results: Dict) -> str:
 
 def evaluate_model(chunks: list, tokenizer, eval_cfg: EvalConfig, phase_name: str, seq_len: int, step: int,
                    out_dir: str, default_documents: Optional[str] = None, log=print,
-                   global_step: Optional[int] = None) -> Dict:
+                   global_step: Optional[int] = None, training_rope: Optional[dict] = None) -> Dict:
     """Evaluates model `chunks` (this rank's, any layout) with `eval_cfg` at `step` of phase `phase_name`
     (every rank calls this) and returns the results; rank 0 writes them under OUT_DIR/<phase>/step_<step>.
-    `default_documents`: the ppl/short documents when eval_cfg names none (the phase's first source)."""
+    `default_documents`: the ppl/short documents when eval_cfg names none (the phase's first source: training
+    data, so the results mark ppl `held_out: false`). `training_rope`: the phase's rope mapping, switched
+    back to after an evaluation under `eval_cfg.rope`."""
     import torch
     from megatron.core import tensor_parallel
 
     from megamid.eval import report
     from megamid.eval.runner import evaluate
+    from megamid.model.builder import set_rope
     from megamid.model.inference import MegatronLM
     from megamid.platform import is_rank0
 
@@ -76,22 +81,35 @@ def evaluate_model(chunks: list, tokenizer, eval_cfg: EvalConfig, phase_name: st
     documents = read_documents(eval_cfg.documents or (default_documents if eval_cfg.needs_documents else None),
                                lengths, count)
     short_documents = read_documents(eval_cfg.short_documents, [2], count)
+    if eval_cfg.rope is not None and training_rope is None:
+        raise ValueError("evaluate_model: eval_cfg.rope needs training_rope (the rope to restore)")
+    rope = eval_rope(training_rope, eval_cfg.rope) if eval_cfg.rope is not None else None
     model = MegatronLM(chunks, max_batch=eval_cfg.max_batch)
     # Evaluation must not change the training run: its forwards leave the RNG streams as they were.
     rng = (torch.get_rng_state(), tensor_parallel.get_cuda_rng_tracker().get_states(),
            torch.cuda.get_rng_state() if torch.cuda.is_available() else None)
     start = time.perf_counter()
     try:
+        if rope is not None:
+            for chunk in chunks:
+                set_rope(chunk, rope)
         results = evaluate(model, tokenizer, list(eval_cfg.tasks), lengths, None, documents=documents,
-                           short_documents=short_documents, **eval_cfg.evaluate_kwargs())
+                           short_documents=short_documents, rope=rope, **eval_cfg.evaluate_kwargs())
     except ValueError as exc:  # a length too short for a task, an unknown RULER task: the recipe's values
         raise ConfigError(f"phases[{phase_name}].eval: {exc}") from None
     finally:
+        if rope is not None:
+            for chunk in chunks:
+                set_rope(chunk, training_rope)
         torch.set_rng_state(rng[0])
         tensor_parallel.get_cuda_rng_tracker().set_states(rng[1])
         if rng[2] is not None:
             torch.cuda.set_rng_state(rng[2])
     results.update(phase=phase_name, step=step, global_step=global_step)
+    for task in ("ppl", "short"):
+        if results.get(task) is not None:
+            own = eval_cfg.documents if task == "ppl" else (eval_cfg.short_documents or eval_cfg.documents)
+            results[task].update(documents=own or default_documents, held_out=own is not None)
     step_dir = os.path.join(out_dir, phase_name, f"step_{step}")
     if is_rank0():
         results["files"] = report.write(results, step_dir, eval_cfg.use_matplotlib)

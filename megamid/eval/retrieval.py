@@ -19,17 +19,31 @@ PASSKEY_PREFIX = ("There is an important info hidden inside a lot of irrelevant 
                   "I will quiz you about the important information there.\n")
 PASSKEY_NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key."
 PASSKEY_QUESTION = "\nWhat is the pass key? The pass key is"
+# The short form for small windows (a byte tokenizer spends ~260 tokens on the full one): used at a length
+# where the full prompt would take more than half of it (per length, so a sample never depends on the grid).
+PASSKEY_SHORT = ("Remember the pass key.\n", "The pass key is {key}. Remember it.", "\nThe pass key is")
 NEEDLE_PREFIX = "Read the text below and answer the question at the end.\n"
 NEEDLE_TEXT = "The secret word for {key} is {word}."
 NEEDLE_QUESTION = "\nQuestion: What is the secret word for {key}?\nAnswer: The secret word for {key} is"
 RESERVE_TOKENS = 16  # room for the answer and greedy decoding's stop token
 
 
+def passkey_template(encode: TokenCache, length: int):
+    """(prefix, needle, question): the full prompt where it takes at most half of `length`, else PASSKEY_SHORT."""
+    fixed = (len(encode(PASSKEY_PREFIX)) + len(encode(" " + PASSKEY_NEEDLE.format(key="12345")))
+             + len(encode(PASSKEY_QUESTION)) + RESERVE_TOKENS)
+    if fixed <= length // 2:
+        return PASSKEY_PREFIX, PASSKEY_NEEDLE, PASSKEY_QUESTION
+    return PASSKEY_SHORT
+
+
 def passkey_samples(tokenizer: Tokenizer, lengths: Sequence[int], depths: Sequence[float], per_cell: int,
                     num_candidates: int, seed: int = 0) -> List[Sample]:
-    """per_cell samples for every (length, depth)."""
+    """per_cell samples for every (length, depth). Candidates are " KEY." as the needle writes the key,
+    scored jointly with the question (Sample.suffix)."""
     encode, out = TokenCache(tokenizer), []
     for length in lengths:
+        prefix, needle, question = passkey_template(encode, length)
         for depth in depths:
             for i in range(per_cell):
                 rng = sample_rng(seed, "passkey", length, i, depth)
@@ -37,10 +51,10 @@ def passkey_samples(tokenizer: Tokenizer, lengths: Sequence[int], depths: Sequen
                 distractors = []
                 for _ in range(num_candidates - 1):
                     distractors.append(random_number(rng, 5, exclude=[key, *distractors]))
-                prompt, _ = assemble(encode, length, PASSKEY_PREFIX, repeated_sentences(),
-                                     [(depth, PASSKEY_NEEDLE.format(key=key))], PASSKEY_QUESTION, RESERVE_TOKENS)
-                cands, idx = shuffled_candidates(rng, " " + key, [" " + d for d in distractors])
-                out.append(Sample("passkey", length, depth, prompt, cands, idx))
+                prompt, _ = assemble(encode, length, prefix, repeated_sentences(),
+                                     [(depth, needle.format(key=key))], question, RESERVE_TOKENS)
+                cands, idx = shuffled_candidates(rng, f" {key}.", [f" {d}." for d in distractors])
+                out.append(Sample("passkey", length, depth, prompt, cands, idx, suffix=question))
     return out
 
 
@@ -56,9 +70,9 @@ def needle_samples(tokenizer: Tokenizer, lengths: Sequence[int], depths: Sequenc
                 rng = sample_rng(seed, "needle", length, i, depth)
                 key = pseudo_words(rng, 1)[0]
                 words = rng.sample(NOUNS, num_candidates)
+                question = NEEDLE_QUESTION.format(key=key)
                 prompt, _ = assemble(encode, length, NEEDLE_PREFIX, random_sentences(rng),
-                                     [(depth, NEEDLE_TEXT.format(key=key, word=words[0]))],
-                                     NEEDLE_QUESTION.format(key=key), RESERVE_TOKENS)
-                cands, idx = shuffled_candidates(rng, " " + words[0], [" " + w for w in words[1:]])
-                out.append(Sample("needle", length, depth, prompt, cands, idx))
+                                     [(depth, NEEDLE_TEXT.format(key=key, word=words[0]))], question, RESERVE_TOKENS)
+                cands, idx = shuffled_candidates(rng, f" {words[0]}.", [f" {w}." for w in words[1:]])
+                out.append(Sample("needle", length, depth, prompt, cands, idx, suffix=question))
     return out

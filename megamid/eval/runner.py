@@ -31,7 +31,7 @@ def _score(model: LanguageModel, tokenizer: Tokenizer, samples: List[Sample], gr
     """Per sample: correct under ranking and, if asked, under greedy decoding."""
     scored = []
     for s in samples:
-        row = {"correct": rank_candidates(model, tokenizer, s.prompt, s.candidates) == s.answer_index}
+        row = {"correct": rank_candidates(model, tokenizer, s.prompt, s.candidates, s.suffix) == s.answer_index}
         if greedy:
             budget = len(tokenizer.encode(s.answer)) + 2
             row["greedy_correct"] = answers_match(greedy_generate(model, tokenizer, s.prompt, budget), s.answer)
@@ -86,14 +86,16 @@ def evaluate(model: LanguageModel, tokenizer: Tokenizer, tasks: Sequence[str] = 
              ruler_tasks: Sequence[str] = tuple(RULER_TASKS), greedy: bool = False,
              documents: Optional[Sequence] = None, short_documents: Optional[Sequence] = None,
              short_length: int = 512, baseline: Optional[LanguageModel] = None, num_buckets: int = 8,
-             max_documents: Optional[int] = None, use_matplotlib: Optional[bool] = None) -> Dict:
+             max_documents: Optional[int] = None, use_matplotlib: Optional[bool] = None,
+             rope: Optional[dict] = None) -> Dict:
     """Run `tasks` at each context length in `lengths` and return the results as a plain dict.
 
     samples: per (length, depth) cell for passkey/needle, per (task, length) for ruler.
     documents: held-out token-id arrays for ppl (each >= length long to count at that length);
     short_documents: for short (defaults to documents), truncated to short_length; baseline: the model
     to compare short-document perplexity against (ratio omitted without one).
-    out_dir: if given, also write results.json, results.md and PNGs there (see megamid.eval.report)."""
+    out_dir: if given, also write results.json, results.md and PNGs there (see megamid.eval.report).
+    rope: the rope mapping the model was switched to for this evaluation (recorded only; None: its own)."""
     unknown = [t for t in tasks if t not in TASK_NAMES]
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; valid: {', '.join(TASK_NAMES)}")
@@ -102,7 +104,8 @@ def evaluate(model: LanguageModel, tokenizer: Tokenizer, tasks: Sequence[str] = 
     chance = 1.0 / num_candidates
     lengths, depths = [int(n) for n in lengths], [float(d) for d in depths]
     results: Dict = {"config": {"tasks": list(tasks), "lengths": lengths, "depths": depths, "samples": samples,
-                                "num_candidates": num_candidates, "seed": seed, "greedy": greedy}, "seconds": {}}
+                                "num_candidates": num_candidates, "seed": seed, "greedy": greedy, "rope": rope},
+               "seconds": {}}
     for task in tasks:
         start = time.perf_counter()
         if task in ("passkey", "needle"):

@@ -103,9 +103,40 @@ def candidate_logprobs_rows(model: LanguageModel, prompt: Sequence[int], candida
     return scores
 
 
-def rank_candidates(model: LanguageModel, tokenizer: Tokenizer, prompt: Sequence[int], candidates: Sequence[str]) -> int:
-    """Index of the candidate string the model finds most likely after the prompt."""
-    scores = candidate_logprobs(model, prompt, [tokenizer.encode(c) for c in candidates])
+def joint_continuations(tokenizer: Tokenizer, prompt: Sequence[int], candidates: Sequence[str],
+                        suffix: Optional[str] = None):
+    """(shared prompt ids, one continuation of ids per candidate) for scoring candidates as continuations.
+
+    With `suffix` (the text whose separately encoded ids end `prompt`), each candidate is tokenized
+    together with it: encode(suffix + candidate). Where that joint tokenization changes the suffix's last
+    tokens (a merge across the boundary), scoring starts at the first token that differs for any
+    candidate: the prompt is cut there and every candidate's continuation holds the joint tokens from
+    there on, so all candidates are scored on the same text after one shared prompt. Without `suffix`,
+    candidates are encoded alone after the whole prompt (lm-evaluation-harness's convention)."""
+    prompt = list(prompt)
+    if suffix is None:
+        return prompt, [list(tokenizer.encode(c)) for c in candidates]
+    tail = list(tokenizer.encode(suffix))
+    if not tail or prompt[len(prompt) - len(tail):] != tail:
+        raise ValueError(f"the prompt does not end with the tokens of its suffix {suffix!r}")
+    joint = [list(tokenizer.encode(suffix + c)) for c in candidates]
+
+    def kept(ids: List[int]) -> int:  # suffix tokens the joint encoding leaves unchanged
+        n = 0
+        while n < min(len(ids) - 1, len(tail)) and ids[n] == tail[n]:
+            n += 1
+        return n
+
+    keep = min(kept(ids) for ids in joint)
+    keep = max(keep, 1 - (len(prompt) - len(tail)))  # at least one prompt token stays to predict from
+    return prompt[: len(prompt) - len(tail) + keep], [ids[keep:] for ids in joint]
+
+
+def rank_candidates(model: LanguageModel, tokenizer: Tokenizer, prompt: Sequence[int], candidates: Sequence[str],
+                    suffix: Optional[str] = None) -> int:
+    """Index of the candidate string the model finds most likely after the prompt (see joint_continuations)."""
+    shared, continuations = joint_continuations(tokenizer, prompt, candidates, suffix)
+    scores = candidate_logprobs(model, shared, continuations)
     return max(range(len(scores)), key=scores.__getitem__)
 
 
@@ -124,8 +155,8 @@ def greedy_generate(model: LanguageModel, tokenizer: Tokenizer, prompt: Sequence
 
 
 def answers_match(generated: str, answer: str) -> bool:
-    """Exact match after trimming whitespace and a trailing period, which are not the answer."""
-    return generated.strip().rstrip(".").strip() == answer.strip()
+    """Exact match after trimming whitespace and a trailing period (of either), which are not the answer."""
+    return generated.strip().rstrip(".").strip() == answer.strip().rstrip(".").strip()
 
 
 def token_logprobs(model: LanguageModel, tokens: torch.LongTensor) -> torch.Tensor:

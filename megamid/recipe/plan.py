@@ -20,6 +20,7 @@ from megamid.config import ConfigError, EvalConfig, ParallelConfig, RecipeConfig
 from megamid.config.data import DataConfig
 from megamid.config.fp8 import Fp8Config
 from megamid.config.recompute import RecomputeConfig
+from megamid.config.eval import eval_rope
 from megamid.config.parallel import check_layout
 from megamid.data.mixture_plan import knot_shares, stream_names
 from megamid.optim.schedules import LRSchedule, lr_at
@@ -144,6 +145,8 @@ def _resolve_phase(recipe: RecipeConfig, i: int, spec) -> PhasePlan:
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     eval_cfg = EvalConfig.from_mapping(spec.name, spec.eval) if spec.eval is not None else None
+    if eval_cfg is not None and eval_cfg.rope is not None:  # the full check needs the model's head dim
+        rope_scaling_for(recipe.model, eval_rope(rope, eval_cfg.rope), f"phases[{spec.name}].eval.rope")
     recompute = RecomputeConfig.from_value(spec.recompute if spec.recompute is not None else training.recompute,
                                            f"{where}.recompute" if spec.recompute is not None else "training.recompute")
     fp8 = Fp8Config.from_value(spec.fp8, f"{where}.fp8")

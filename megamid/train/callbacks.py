@@ -50,6 +50,6 @@ class InLoopEval(Callback):
 
         results = evaluate_model(chunks, self.tokenizer, phase.eval, phase.name, phase.seq_len, step, self.out_dir,
                                  default_documents=phase.data.sources[0].prefix, log=self.log,
-                                 global_step=global_step)
+                                 global_step=global_step, training_rope=phase.rope)
         self.results.append(results)
         return results

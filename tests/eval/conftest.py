@@ -34,6 +34,7 @@ def _common(context: str, n: int) -> str:
 # question pattern -> the answer (without its leading space), from the context before the question
 SOLVERS = [
     (r"\nWhat is the pass key\? The pass key is", lambda c, m: re.search(r"The pass key is (\d+)\. Remember it", c)[1]),
+    (r"\nThe pass key is", lambda c, m: re.search(r"The pass key is (\d+)\. Remember it", c)[1]),  # the short form
     (r"\nQuestion: What is the secret word for (\w+)\?\nAnswer: The secret word for \w+ is",
      lambda c, m: re.search(rf"The secret word for {m[1]} is (\w+)\.", c)[1]),
     (r"\nWhat is the special magic number for (\w+) mentioned in the provided text\? The special magic number for \w+ mentioned in the provided text is",

@@ -31,14 +31,19 @@ def test_phase_eval_results_land_on_disk(run_dir):
         res = json.load(open(os.path.join(out, "results.json")))
         assert (res["phase"], res["step"], res["global_step"]) == (phase, step, global_step)
         assert res["passkey"]["grid"]["lengths"] == [320] and res["passkey"]["samples"] == 1
-        ppl = res["ppl"]["by_length"]["320"]  # documents default to the phase's first data source
+        ppl = res["ppl"]["by_length"]["320"]  # documents default to the phase's first data source ...
         assert ppl["documents"] == 2 and len(ppl["nll"]) == 4 and ppl["ppl_mean"] > 1
+        assert res["ppl"]["held_out"] is False  # ... which is training data, and the results say so
+        rope = res["config"]["rope"]
+        assert rope == ({"type": "linear", "factor": 2, "theta": 10000} if phase == "short" else None), rope
         assert os.path.isfile(os.path.join(out, "results.md"))
     log = open(run_dir["log"]).read()
     assert "[short] eval step 1: passkey " in log and "ppl@320 " in log and "[long] eval step 2:" in log
+    assert "(ppl on training data, not held out)" in log
 
 
 def test_eval_does_not_change_training(run_dir, tmp_path):
+    """Without `eval:` the losses are the same: evaluation (under another rope in `short`) leaves the run alone."""
     recipe = yaml.safe_load(open(run_dir["recipe"]))
     for phase in recipe["phases"]:
         del phase["eval"]
@@ -61,6 +66,8 @@ def test_eval_does_not_change_training(run_dir, tmp_path):
     ({"depths": [0.5, 2]}, "phases[ctx].eval.depths=[0.5, 2] is invalid"),
     ({"num_candidates": 1}, "phases[ctx].eval.num_candidates=1 is invalid: expected an integer >= 2"),
     ([512], "phases[ctx].eval=[512] is invalid: expected a mapping"),
+    ({"rope": "yarn"}, "phases[ctx].eval.rope='yarn' is invalid: expected a rope mapping with a string 'type'"),
+    ({"rope": {"factor": 2}}, "phases[ctx].eval.rope={'factor': 2} is invalid: expected a rope mapping"),
 ])
 def test_eval_mapping_errors_name_the_key(cfg, message):
     with pytest.raises(ConfigError) as exc:
@@ -83,3 +90,38 @@ def test_summary_line():
     results = {"passkey": {"accuracy": 0.5, "chance": 0.25},
                "ppl": {"by_length": {"512": {"ppl_mean": 12.345}, "1024": {"ppl_mean": None}}}}
     assert summary(results) == "passkey 0.50 (chance 0.25) | ppl@512 12.35 | ppl@1024 -"
+
+
+def test_eval_rope_is_checked_against_the_model(tmp_path):
+    from megamid.recipe import plan_recipe
+    from megamid.config import load_recipe
+
+    recipe = tiny_run.recipe(str(tmp_path), str(tmp_path / "corpus"))
+    recipe["phases"][0]["eval"]["rope"] = {"type": "yarn", "factor": 0.5, "original_max_position_embeddings": 32}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(ConfigError) as exc:
+        plan_recipe(load_recipe(str(path)), 1, check_files=False)
+    assert "phases[short].eval.rope: rope.factor=0.5 is invalid" in str(exc.value)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("yarn:factor=4,original_max_position_embeddings=256",
+     {"type": "yarn", "factor": 4, "original_max_position_embeddings": 256}),
+    ("pi:factor=2.5", {"type": "pi", "factor": 2.5}),
+    ("abf:theta=500000", {"type": "abf", "theta": 500000}),
+    ("default", {"type": "default"}),
+])
+def test_parse_rope_spec(text, expected):
+    from megamid.config.eval import parse_rope_spec
+
+    assert parse_rope_spec(text) == expected
+
+
+@pytest.mark.parametrize("text", [":factor=2", "yarn:factor", "yarn:=2"])
+def test_parse_rope_spec_errors_are_one_line(text):
+    from megamid.config.eval import parse_rope_spec
+
+    with pytest.raises(ConfigError) as exc:
+        parse_rope_spec(text)
+    assert str(exc.value).startswith(f"--rope={text!r} is invalid") and "\n" not in str(exc.value)

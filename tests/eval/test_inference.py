@@ -36,6 +36,31 @@ def test_megamid_eval_on_a_trained_checkpoint(run_dir, tmp_path):
     assert (out / "results.md").exists() and (out / "passkey_heatmap.png").exists()
 
 
+def test_megamid_eval_under_another_rope(run_dir, tmp_path):
+    """--rope: the checkpoint evaluated zero-shot under linear x4 (theta from the checkpoint) scores other ppl."""
+    args = ["--tasks", "ppl", "--lengths", "320", "--documents", run_dir["corpus"], "--max-documents", "2"]
+    own = json.loads(tiny_run.megamid("eval", run_dir["ckpt"], *args, "--out", tmp_path / "own").stdout.splitlines()[0])
+    proc = tiny_run.megamid("eval", run_dir["ckpt"], *args, "--rope", "pi:factor=4", "--out", tmp_path / "pi")
+    pi = json.loads(proc.stdout.splitlines()[0])
+    assert pi["ppl"]["320"] != own["ppl"]["320"]
+    results = json.load(open(tmp_path / "pi" / "results.json"))
+    assert results["config"]["rope"]["type"] == "pi" and results["config"]["rope"]["factor"] == 4
+    assert json.load(open(tmp_path / "own" / "results.json"))["config"]["rope"] is None
+
+
+@pytest.mark.parametrize("rope, message", [
+    ("yarn:factor=-1,original_max_position_embeddings=32", "--rope: rope.factor=-1.0 is invalid: must be >= 1"),
+    ("yarn:factor=2", "--rope: rope.original_max_position_embeddings=None is invalid: missing"),
+    ("nope:factor=2", "--rope: rope.type='nope' is invalid"),
+    ("yarn:factor", "--rope='yarn:factor' is invalid: 'factor' is not key=value"),
+])
+def test_megamid_eval_rope_errors(run_dir, rope, message):
+    proc = subprocess.run([sys.executable, "-m", "megamid.cli", "eval", run_dir["ckpt"], "--tasks", "passkey",
+                           "--lengths", "320", "--rope", rope], capture_output=True, text=True, env=tiny_run.env(),
+                          timeout=300)
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
 def test_shared_prefix_scores_equal_one_row_per_candidate(run_dir, tmp_path):
     out = tmp_path / "scores.json"
     cmd = [sys.executable, os.path.join(tiny_run.HERE, "scoring_driver.py"), run_dir["ckpt"], str(out)]

@@ -1,7 +1,7 @@
 """A tiny two-phase training run with `eval:` in both phases, trained once per test session in a
 subprocess (`megamid train`); the in-loop and checkpoint-eval tests share its outputs.
 
-Phases: `short` (2 steps at 32 tokens, default rope, eval every step) and `long` (2 steps at 64
+Phases: `short` (2 steps at 32 tokens, default rope, eval every step under linear x2) and `long` (2 steps at 64
 tokens, YaRN x2, eval at its end). The corpus holds documents of 400-700 byte tokens, so passkey
 (~300 tokens with the byte tokenizer) and ppl at 320 tokens have material.
 """
@@ -52,7 +52,8 @@ def recipe(root: str, corpus: str) -> dict:
     data["data"] = {"sources": [{"name": "long", "prefix": corpus, "weight": 1.0}]}
     data["checkpoint"] = {"dir": os.path.join(root, "ckpt"), "save_interval": None, "save_final": True, "load": "none"}
     data["phases"] = [
-        {"name": "short", "steps": 2, "eval": {**EVAL, "interval": 1}},
+        # evaluated under another rope (zero-shot) every step: training must go on under its own
+        {"name": "short", "steps": 2, "eval": {**EVAL, "interval": 1, "rope": {"type": "linear", "factor": 2}}},
         {"name": "long", "steps": 2, "seq_len": 64, "global_batch_size": 2,
          "rope": {"type": "yarn", "theta": 10000, "factor": 2, "original_max_position_embeddings": 32},
          "eval": dict(EVAL)},
