@@ -3,9 +3,12 @@
     recompute: full                                        # uniform, one layer per unit
     recompute: {granularity: full, method: block, num_layers: 4}
     recompute: {granularity: selective, modules: [layernorm, mlp]}
+    recompute: {granularity: offload, num_layers: 24}     # activations of the first 24 layers go to host memory
 
 Maps onto megatron's TransformerConfig recompute_granularity / recompute_method / recompute_num_layers /
-recompute_modules (megamid.model.engine_config); megamid.recipe.memory estimates what each mode keeps.
+recompute_modules, or for `offload` onto its cpu_offloading fields (activations only; megatron refuses it with
+recomputation or pipeline parallelism) (megamid.model.engine_config); megamid.recipe.memory estimates what
+each mode keeps.
 """
 
 from dataclasses import dataclass
@@ -13,7 +16,7 @@ from typing import Optional
 
 from megamid.config.base import check_choice, check_positive, fail
 
-GRANULARITIES = ("none", "selective", "full")
+GRANULARITIES = ("none", "selective", "full", "offload")
 METHODS = ("uniform", "block")
 # megatron-core's recompute_modules that apply to a dense decoder (the MoE/MLA ones need those layers).
 MODULES = ("core_attn", "layernorm", "mlp")
@@ -24,7 +27,8 @@ class RecomputeConfig:
     granularity: str = "none"
     modules: tuple = ("core_attn",)     # selective: the submodules recomputed in backward
     method: str = "uniform"             # full: uniform (every layer, in units) | block (the first num_layers per stage)
-    num_layers: int = 1                 # full: layers per unit (uniform) or layers recomputed per stage (block)
+    num_layers: int = 1                 # full: layers per unit (uniform) or layers recomputed per stage (block);
+                                        # offload: layers whose activations are offloaded
 
     def __post_init__(self):
         check_choice("recompute.granularity", self.granularity, GRANULARITIES)
@@ -61,7 +65,7 @@ class RecomputeConfig:
                 return cls(**value)
         except ConfigError as exc:
             raise ConfigError(f"{field}: {exc}") from None
-        raise ConfigError(f"{field}={value!r} is invalid: expected none, selective, full or a mapping "
+        raise ConfigError(f"{field}={value!r} is invalid: expected none, selective, full, offload or a mapping "
                           "{granularity, modules, method, num_layers}")
 
     def describe(self) -> str:
@@ -69,6 +73,8 @@ class RecomputeConfig:
             return "selective(" + ",".join(self.modules) + ")"
         if self.granularity == "full":
             return f"full({self.method} {self.num_layers})"
+        if self.granularity == "offload":
+            return f"offload({self.num_layers})"
         return "none"
 
 

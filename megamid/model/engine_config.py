@@ -126,6 +126,17 @@ def engine_kwargs(model: ModelConfig, parallel: ParallelConfig, recompute=None, 
                       recompute_num_layers=recompute.num_layers)
     elif recompute.granularity == "selective":
         kwargs.update(recompute_granularity="selective", recompute_modules=list(recompute.modules))
+    elif recompute.granularity == "offload":
+        if not cuda:
+            raise ConfigError("recompute: offload is invalid here: activation offload to host memory needs CUDA")
+        if parallel.pipeline_model_parallel_size > 1:
+            raise ConfigError("recompute: offload is invalid with pipeline parallelism (megatron-core does not "
+                              "offload across pipeline stages): use full recompute, or pipeline_model_parallel_size: 1")
+        if recompute.num_layers >= model.num_layers:
+            raise ConfigError(f"recompute.num_layers={recompute.num_layers} is invalid for offload: megatron offloads "
+                              f"fewer layers than the model's {model.num_layers}")
+        kwargs.update(cpu_offloading=True, cpu_offloading_num_layers=recompute.num_layers,
+                      cpu_offloading_activations=True, cpu_offloading_weights=False)
     if fp8 is not None:
         kwargs.update(fp8=fp8.format, fp8_recipe=fp8.recipe, fp8_amax_history_len=fp8.amax_history_len,
                       fp8_amax_compute_algo="max" if fp8.recipe == "delayed" else "most_recent",
@@ -191,6 +202,8 @@ def describe_engine(config, ddp=None) -> str:
         parts.append(f"recompute full ({get(config, 'recompute_method')}, {get(config, 'recompute_num_layers')})")
     elif granularity == "selective":
         parts.append(f"recompute selective ({','.join(get(config, 'recompute_modules'))})")
+    elif get(config, "cpu_offloading"):
+        parts.append(f"activations of {get(config, 'cpu_offloading_num_layers')} layers offloaded to host memory")
     else:
         parts.append("no recompute")
     on = [name.replace("_fusion", "").replace("apply_", "") for name in _FUSIONS if get(config, name)]

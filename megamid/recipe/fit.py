@@ -85,6 +85,10 @@ def hardware_problems(plan, gpu, te: bool = True) -> list:
             problems.append(f"{where}.parallel.cp_comm={parallel.cp_comm!r} is invalid: all-to-all over {a2a} ranks "
                             f"splits heads, but each TP rank holds {model.num_attention_heads // tp} query heads and "
                             f"{model.query_groups // tp} KV groups; use allgather or ring, or a smaller all-to-all")
+        if memory.recompute.granularity == "offload" and parallel.pipeline_model_parallel_size > 1:
+            problems.append(f"{where}.recompute=offload is invalid with pipeline_model_parallel_size="
+                            f"{parallel.pipeline_model_parallel_size}: megatron-core offloads activations only "
+                            "without pipeline parallelism; use full recompute")
         stage_layers = model.num_layers // parallel.pipeline_model_parallel_size
         problem = layers_per_stage_check(memory.recompute, stage_layers, f"{where}.recompute")
         if problem:

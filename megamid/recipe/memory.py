@@ -33,6 +33,8 @@ FC2 input; core_attn -> the score term (nothing with flash attention, which stor
 Full recompute keeps each unit's input s b h B (/ t with SP): uniform keeps ceil(L_stage / n) inputs and
 rebuilds one unit of n layers at a time on top; block keeps n inputs and the other L_stage - n layers in
 full, and rebuilds one layer at a time after those are freed (on top only when n = L_stage).
+Offload (megatron's cpu_offloading) keeps the L_stage - n layers it does not offload plus one offloaded
+layer's activations in flight to or from host memory.
 Pipeline: 1F1B keeps min(p, M) micro-batches in flight on the first stage (M micro-batches per step),
 interleaving multiplies by 1 + (p - 1) / (p v); the last stage keeps one, plus the loss below.
 Logits/loss on the last stage: final-norm input and output-layer input 2 s b h B (/ t with SP) and the
@@ -153,6 +155,9 @@ def stack_activation_bytes(model: ModelConfig, parallel: ParallelConfig, layers:
     """Bytes `layers` layers keep with `in_flight` micro-batches waiting for backward, plus the one
     recompute buffer of full recompute."""
     per_layer = layer_activation_bytes(model, parallel, seq_len, micro_batch_size, recompute, fp8, flash_attention)
+    if recompute.granularity == "offload":
+        n = min(recompute.num_layers, layers)
+        return in_flight * (layers - n) * per_layer + (per_layer if n else 0)
     if recompute.granularity != "full":
         return in_flight * layers * per_layer
     t, c = parallel.tensor_model_parallel_size, parallel.context_parallel_size

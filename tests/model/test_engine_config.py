@@ -216,3 +216,17 @@ def test_the_trainer_overlaps_the_weight_gather_on_cuda_only():
     assert optimizer_kwargs(dist_opt, cuda=True, overlap_param_gather=None)["overlap_param_gather"] is True
     assert ddp_kwargs(dist_opt, cuda=False, overlap_param_gather=None)["overlap_param_gather"] is False
     assert ddp_kwargs(ParallelConfig(), cuda=True, overlap_param_gather=None)["overlap_param_gather"] is False
+
+
+def test_activation_offload_maps_onto_megatrons_cpu_offloading():
+    kwargs = engine_kwargs(MODEL, ParallelConfig(), {"granularity": "offload", "num_layers": 2}, None, cuda=True, te=True)
+    config = TransformerConfig(**kwargs)
+    assert config.cpu_offloading and config.cpu_offloading_num_layers == 2 and config.cpu_offloading_activations
+    assert not config.cpu_offloading_weights and config.recompute_granularity is None
+    assert "activations of 2 layers offloaded" in describe_engine(config)
+    with pytest.raises(ConfigError, match="offload is invalid with pipeline parallelism"):
+        engine_kwargs(MODEL, ParallelConfig(pipeline_model_parallel_size=2), "offload", None, cuda=True, te=True)
+    with pytest.raises(ConfigError, match="needs CUDA"):
+        engine_kwargs(MODEL, ParallelConfig(), "offload", None, cuda=False, te=False)
+    with pytest.raises(ConfigError, match="fewer layers than the model's 4"):
+        engine_kwargs(MODEL, ParallelConfig(), {"granularity": "offload", "num_layers": 4}, None, cuda=True, te=True)

@@ -65,6 +65,17 @@ def test_full_recompute_by_hand():
     assert block_all.activations == 2 * 64 + 864 + 64
 
 
+def test_offload_by_hand():
+    # one of the two layers offloaded: the other layer kept, plus one offloaded layer in flight, plus ids
+    offload = tiny_estimate(recompute=RecomputeConfig("offload", num_layers=1)).stages[0]
+    assert offload.activations == 864 + 864 + 64
+    llama = dict(seq_len=8192, micro_batch_size=1, num_microbatches=8, data_parallel_size=8)
+    kept = estimate_memory(LLAMA3_8B, ParallelConfig(), **llama).peak.activations
+    half = estimate_memory(LLAMA3_8B, ParallelConfig(), recompute=RecomputeConfig("offload", num_layers=16),
+                           **llama).peak.activations
+    assert half < 0.6 * kept
+
+
 def test_selective_modules_by_hand():
     def act(modules):
         return layer_activation_bytes(TINY, ParallelConfig(), 4, 1, RecomputeConfig("selective", modules=modules))
