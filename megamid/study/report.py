@@ -73,7 +73,12 @@ def extension_report(r: Dict, out: str) -> str:
     lines += ["## Base retrieval checks", "",
               _table(["step", "passkey@L", "MQAR@L"], [[str(c["step"]), _f(c["passkey"]), _f(c["mqar"])]
                                                        for c in r["base_checks"]]), ""]
-    lines += ["## Time", "", _table(["part", "time"], [[k, _minutes(v)] for k, v in r["seconds"].items()]), "",
+    return _write(lines, r, out)
+
+
+def _write(lines: List[str], r: Dict, out: str) -> str:
+    """Appends the time and command sections and writes OUT/report.md; returns its path."""
+    lines = lines + ["## Time", "", _table(["part", "time"], [[k, _minutes(v)] for k, v in r["seconds"].items()]), "",
               "## Commands", "", "```", *r["commands"], "```", ""]
     path = os.path.join(out, "report.md")
     with open(path, "w") as f:
@@ -138,12 +143,7 @@ def anneal_report(r: Dict, out: str) -> str:
                      for name, v in r["runs"].items()]), ""]
     figures = _anneal_figures(r, out)
     lines += [f"![{name}]({os.path.basename(path)})" for name, path in figures.items()] + [""]
-    lines += ["## Time", "", _table(["part", "time"], [[k, _minutes(v)] for k, v in r["seconds"].items()]), "",
-              "## Commands", "", "```", *r["commands"], "```", ""]
-    path = os.path.join(out, "report.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
-    return path
+    return _write(lines, r, out)
 
 
 def _anneal_figures(r: Dict, out: str) -> Dict[str, str]:
