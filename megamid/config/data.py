@@ -22,6 +22,10 @@ Meaning (every sample holds exactly seq_len tokens, so sample shares are token s
   named in `long_sources`, the rest to the other phase sources; inside each group, by weight.
 - `upsample_long` (per source, default 1): documents of at least `long_threshold_tokens` tokens
   (the source's own, else long_short's) appear that many times per epoch of the source's stream.
+- `loss_mask` (per source, default false): only the tokens that the sidecar `PREFIX.lossmask.bin/.idx`
+  marks with 1 are scored (one 0/1 uint8 per token, the same documents as PREFIX; `megamid data
+  synthetic` writes one for every task, marking the answers: the passkey, the queried values, the
+  copy). Like an SFT prompt mask: the model still reads every token, it is trained on the answers only.
 - `pack`: rows expose document boundaries (positions restart after EOD, cu_seqlens, no loss across
   a boundary) for document-masked attention; false gives plain causal rows (GPTDataset's default).
 - `seed`: the seed of every source's document permutation; keep it across phases so that streams
@@ -34,6 +38,7 @@ from typing import Optional
 
 from megamid.config.base import ConfigError, check_positive, fail
 
+LOSS_MASK_SUFFIX = ".lossmask"  # PREFIX.lossmask.bin/.idx: a source's per-token 0/1 loss mask
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 
 
@@ -66,9 +71,10 @@ class SourceConfig:
     weight_end: Optional[float] = None
     upsample_long: float = 1.0
     long_threshold_tokens: Optional[int] = None
+    loss_mask: bool = False
     where: str = field(default="data.sources[?]", repr=False, compare=False)
 
-    KEYS = ("name", "prefix", "weight", "weight_end", "upsample_long", "long_threshold_tokens")
+    KEYS = ("name", "prefix", "weight", "weight_end", "upsample_long", "long_threshold_tokens", "loss_mask")
 
     def __post_init__(self):
         w = self.where
@@ -86,6 +92,14 @@ class SourceConfig:
             if isinstance(self.long_threshold_tokens, bool) or not isinstance(self.long_threshold_tokens, int):
                 fail(f"{w}.long_threshold_tokens", self.long_threshold_tokens, "expected an integer > 0")
             check_positive(f"{w}.long_threshold_tokens", self.long_threshold_tokens)
+        if not isinstance(self.loss_mask, bool):
+            fail(f"{w}.loss_mask", self.loss_mask, "expected true (score only the tokens PREFIX.lossmask marks) "
+                 "or false")
+
+    @property
+    def mask_prefix(self) -> Optional[str]:
+        """The loss-mask sidecar's prefix (PREFIX.lossmask), or None when every token is scored."""
+        return self.prefix + LOSS_MASK_SUFFIX if self.loss_mask else None
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "SourceConfig":
@@ -102,6 +116,8 @@ class SourceConfig:
                 out[key] = getattr(self, key)
         if self.upsample_long != 1.0:
             out["upsample_long"] = self.upsample_long
+        if self.loss_mask:
+            out["loss_mask"] = True
         return out
 
 

@@ -21,7 +21,8 @@ Contract:
   checkpoint; pass it as `start_tokens` to the next phase (any seq_len) or to a resumed run of a
   later phase. Keep `seed` the same for a source across phases: the stream's permutation comes from it.
 - Samples: tokens and labels (tokens shifted by one) int64 [seq_len], loss_mask float32, position_ids
-  int64, source (stream id, index into `names`). With `config.pack`, positions restart after every
+  int64, source (stream id, index into `names`). A source with `loss_mask` scores only the labels
+  its mask marks (megamid.data.token_stream). With `config.pack`, positions restart after every
   EOD (megamid.kernels.doc_positions), the loss at an EOD (whose label is the next document's first
   token) is masked, and get_batch adds cu_seqlens (int32, over the batch's rows concatenated) for
   document-masked attention; without it positions run 0..seq_len-1 (GPTDataset's default).
@@ -74,7 +75,8 @@ class MixtureDataset(torch.utils.data.Dataset):
         sources = config.all_sources()
         # streams that never get a sample are not opened: a zero-weight source may be absent
         self.streams = [
-            TokenStream(s.name, s.prefix, self.seed, self.vocab_size, s.upsample_long, config.long_threshold_for(s))
+            TokenStream(s.name, s.prefix, self.seed, self.vocab_size, s.upsample_long, config.long_threshold_for(s),
+                        s.mask_prefix)
             if self.shares[:, j].max() > 0 else None
             for j, s in enumerate(sources)
         ]
@@ -93,7 +95,8 @@ class MixtureDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.num_samples
 
-    def _window(self, i: int) -> np.ndarray:
+    def _window(self, i: int):
+        """(tokens, loss mask) of sample i: seq_len + 1 of each."""
         if not 0 <= i < self.num_samples:
             raise IndexError(f"sample {i} is outside the phase's {self.num_samples} samples")
         s = int(self.source_index[i])
@@ -102,12 +105,13 @@ class MixtureDataset(torch.utils.data.Dataset):
         if window.max() >= self.vocab_size:  # cheap guard; the full check ran at construction
             raise DataError(f"source {self.names[s]!r}: token id {int(window.max())} beyond the model's vocab "
                             f"(valid ids: 0..{self.vocab_size - 1})")
-        return window
+        return window, self.streams[s].read_mask(offset, self.seq_len + 1)
 
-    def _fields(self, windows: np.ndarray, sources: np.ndarray) -> dict:
+    def _fields(self, windows, sources: np.ndarray) -> dict:
+        windows, masks = windows
         tokens = torch.from_numpy(np.ascontiguousarray(windows[:, :-1]))
         labels = torch.from_numpy(np.ascontiguousarray(windows[:, 1:]))
-        loss_mask = (labels != self.pad).to(torch.float32)
+        loss_mask = (labels != self.pad).to(torch.float32) * torch.from_numpy(np.ascontiguousarray(masks[:, 1:]))
         if self.config.pack:
             position_ids, cu_seqlens = doc_positions(tokens, self.eod)
             loss_mask[tokens == self.eod] = 0.0  # the label after EOD belongs to another document
@@ -123,13 +127,15 @@ class MixtureDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         """One sample; fixed shapes only (default_collate stacks them; cu_seqlens via get_batch)."""
         i = int(i)
-        batch = self._fields(self._window(i)[None], self.source_index[i:i + 1])
+        window, mask = self._window(i)
+        batch = self._fields((window[None], mask[None]), self.source_index[i:i + 1])
         return {k: v[0] for k, v in batch.items() if k != "cu_seqlens"}
 
     def get_batch(self, start: int, count: int) -> dict:
         """Samples start .. start+count-1 stacked: [count, seq_len] fields, source [count], and with
         pack, cu_seqlens int32 [documents + 1] over the rows concatenated (row r starts at r * seq_len)."""
-        windows = np.stack([self._window(i) for i in range(int(start), int(start) + int(count))])
+        pairs = [self._window(i) for i in range(int(start), int(start) + int(count))]
+        windows = (np.stack([w for w, _ in pairs]), np.stack([m for _, m in pairs]))
         return self._fields(windows, self.source_index[start:start + count])
 
     def consumed_samples_per_source(self, num_samples: int) -> dict:

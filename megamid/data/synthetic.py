@@ -12,13 +12,16 @@ import os
 import numpy as np
 
 from megamid.config.base import ConfigError
+from megamid.config.data import LOSS_MASK_SUFFIX
 
 
-def write_indexed(prefix: str, documents, vocab_size: int) -> int:
-    """Writes token-id documents to `prefix.bin/.idx` (megatron's format). Returns the token count."""
+def write_indexed(prefix: str, documents, vocab_size: int, dtype=None) -> int:
+    """Writes token-id documents to `prefix.bin/.idx` (megatron's format). Returns the token count.
+    dtype: the stored type (default: uint16 below 65500 ids, else int32; uint8 for loss masks)."""
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-    dtype = np.uint16 if vocab_size < 65500 else np.int32
+    if dtype is None:
+        dtype = np.uint16 if vocab_size < 65500 else np.int32
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     builder = IndexedDatasetBuilder(prefix + ".bin", dtype=dtype)
     tokens = 0
@@ -221,6 +224,15 @@ def heldout_documents(task: str, tokenizer, length: int, count: int, seed: int =
     return list(task_documents(task, tokenizer, count, length, length, _heldout_seed(seed, index, length), exact=True))
 
 
+def answer_mask(length: int, spans) -> np.ndarray:
+    """uint8 [length]: 1 on the answer tokens of (lo, hi, depth) spans, 0 elsewhere (the loss mask a source
+    with `loss_mask: true` reads: only the answers are scored)."""
+    mask = np.zeros(length, dtype=np.uint8)
+    for lo, hi, _ in spans:
+        mask[lo:hi] = 1
+    return mask
+
+
 def _heldout_seed(seed: int, task_index: int, length: int) -> int:
     return 10**6 + seed * 1000 + task_index * 97 + length
 
@@ -262,7 +274,8 @@ def write_synthetic(out_dir: str, tokenizer, tokenizer_spec: str, tasks=("passke
                     heldout_docs: int = 64, min_length: int = 96, max_length: int = 128,
                     heldout_lengths=(128, 256, 512), code_docs: int = 32, code_length: int = 512, seed: int = 0,
                     code_train_docs: int = 0) -> dict:
-    """Writes OUT/<task>_train (lengths uniform in [min_length, max_length]), OUT/<task>_heldout_<N> (at most
+    """Writes OUT/<task>_train (lengths uniform in [min_length, max_length]) with its loss mask
+    OUT/<task>_train.lossmask (1 on the answers: a source with `loss_mask: true`), OUT/<task>_heldout_<N> (at most
     N tokens each, other seeds) as .bin/.idx, and OUT/code_heldout (`code_docs` Python source files
     of >= code_length tokens) for perplexity by position, and with code_train_docs OUT/code_train (other
     Python files, any length); returns the manifest (also OUT/synthetic.json)."""
@@ -272,19 +285,24 @@ def write_synthetic(out_dir: str, tokenizer, tokenizer_spec: str, tasks=("passke
     eod = tokenizer.eod
     manifest = {"tokenizer": tokenizer_spec, "seed": seed, "sets": {}}
 
-    def put(name, docs, **info):
+    def put(name, docs, masks=None, **info):
         prefix = os.path.join(out_dir, name)
         docs = list(docs)
         tokens = write_indexed(prefix, docs, tokenizer.vocab_size)
         manifest["sets"][name] = {"prefix": prefix, "documents": len(docs), "tokens": tokens, **info}
+        if masks is not None:
+            masks = list(masks)
+            write_indexed(prefix + LOSS_MASK_SUFFIX, masks, 2, dtype=np.uint8)
+            manifest["sets"][name]["loss_mask"] = {"prefix": prefix + LOSS_MASK_SUFFIX,
+                                                   "scored_tokens": int(sum(int(m.sum()) for m in masks))}
 
     for task in tasks:
         t = list(TASKS).index(task)
         # min == max: documents of exactly max_length tokens with their EOD, aligned to training windows
         exact = min_length == max_length
-        put(f"{task}_train", (ids + [eod] for ids, _ in
-                              task_documents(task, tokenizer, train_docs, min_length - exact, max_length - exact,
-                                             seed * 1000 + t, exact)),
+        docs = list(task_documents(task, tokenizer, train_docs, min_length - exact, max_length - exact,
+                                   seed * 1000 + t, exact))
+        put(f"{task}_train", (ids + [eod] for ids, _ in docs), (answer_mask(len(ids) + 1, spans) for ids, spans in docs),
             task=task, lengths=[min_length, max_length])
         for n in heldout_lengths:
             put(f"{task}_heldout_{n}", (ids for ids, _ in

@@ -8,7 +8,9 @@ stream in every phase, which is what makes consumed token offsets carry over bet
 without repeating or skipping a token; samples repeat only after a whole epoch has been consumed.
 
 Files are read through megatron-core's IndexedDataset; a sequence of the .idx is one document
-(`megamid data prepare` writes one per document, each ending with EOD).
+(`megamid data prepare` writes one per document, each ending with EOD). A source with a loss mask has
+a sidecar pair (PREFIX.lossmask) of one 0/1 uint8 per token, the same documents: `read_mask` reads it
+along the same permutation as `read`.
 """
 
 import json
@@ -32,26 +34,43 @@ class TokenStream:
     """Read windows of a source's token stream: `read(offset_tokens, length)`."""
 
     def __init__(self, name: str, prefix: str, seed: int, vocab_size: int, upsample_long: float = 1.0,
-                 long_threshold_tokens=None):
+                 long_threshold_tokens=None, mask_prefix=None):
         self.name, self.prefix, self.seed = name, prefix, int(seed)
-        self.dataset = self._open()
+        self.dataset = self._open(prefix)
         self.lengths = np.asarray(self.dataset.index.sequence_lengths, dtype=np.int64)
         if len(self.lengths) == 0 or self.lengths.sum() == 0:
             raise DataError(f"source {name!r}: {prefix} holds no tokens ({len(self.lengths)} documents); "
                             "a source needs at least one non-empty document, or remove it from the mix")
         self._check_vocab(vocab_size)
+        self.mask = self._open_mask(mask_prefix) if mask_prefix else None
         self.copies = self._copies(upsample_long, long_threshold_tokens)
         self.epoch_tokens = int((self.lengths * self.copies).sum())
         self._epochs = OrderedDict()
 
-    def _open(self):
-        info = check_indexed_pair(self.prefix, f"source {self.name!r}")  # megatron then never fails on them
-        if info["sequences"] == 0 or os.path.getsize(self.prefix + ".bin") == 0:  # megatron cannot mmap it
-            raise DataError(f"source {self.name!r}: {self.prefix}.bin holds no tokens; a source needs "
+    def _open(self, prefix: str):
+        info = check_indexed_pair(prefix, f"source {self.name!r}")  # megatron then never fails on them
+        if info["sequences"] == 0 or os.path.getsize(prefix + ".bin") == 0:  # megatron cannot mmap it
+            raise DataError(f"source {self.name!r}: {prefix}.bin holds no tokens; a source needs "
                             "at least one non-empty document, or remove it from the mix")
         from megatron.core.datasets.indexed_dataset import IndexedDataset  # heavy import: only when reading
 
-        return IndexedDataset(self.prefix, mmap=True)
+        return IndexedDataset(prefix, mmap=True)
+
+    def _open_mask(self, mask_prefix: str):
+        """The loss-mask sidecar: its documents must have the token documents' lengths, its values 0/1."""
+        mask = self._open(mask_prefix)
+        lengths = np.asarray(mask.index.sequence_lengths, dtype=np.int64)
+        if len(lengths) != len(self.lengths) or np.any(lengths != self.lengths):
+            first = next((i for i in range(min(len(lengths), len(self.lengths))) if lengths[i] != self.lengths[i]),
+                         min(len(lengths), len(self.lengths)))
+            raise DataError(f"source {self.name!r}: the loss mask {mask_prefix}.bin/.idx does not match {self.prefix}: "
+                            f"{len(lengths)} documents vs {len(self.lengths)}, first difference at document {first}; "
+                            "write the tokens and the mask together (`megamid data synthetic`)")
+        values = np.memmap(mask_prefix + ".bin", dtype=mask.index.dtype, mode="r")
+        if mask.index.dtype != np.uint8 or values.max() > 1:
+            raise DataError(f"source {self.name!r}: the loss mask {mask_prefix}.bin must hold uint8 0/1 values, "
+                            f"found {np.dtype(mask.index.dtype).name} up to {int(values.max())}")
+        return mask
 
     def _check_vocab(self, vocab_size: int) -> None:
         """Token ids must be < the model's vocab: from the prepare stats when present, else one scan."""
@@ -91,6 +110,15 @@ class TokenStream:
 
     def read(self, offset: int, length: int) -> np.ndarray:
         """`length` tokens (int64) from stream offset `offset`, crossing documents and epochs."""
+        return self._read(self.dataset, offset, length)
+
+    def read_mask(self, offset: int, length: int) -> np.ndarray:
+        """The loss mask (float32 0/1) of the same tokens as read(offset, length); all ones without a mask."""
+        if self.mask is None:
+            return np.ones(length, dtype=np.float32)
+        return self._read(self.mask, offset, length).astype(np.float32)
+
+    def _read(self, dataset, offset: int, length: int) -> np.ndarray:
         out = np.empty(length, dtype=np.int64)
         filled = 0
         while filled < length:
@@ -99,6 +127,6 @@ class TokenStream:
             d = int(np.searchsorted(cum, pos, side="right")) - 1
             within = pos - int(cum[d])
             take = min(length - filled, int(cum[d + 1]) - pos)
-            out[filled:filled + take] = self.dataset.get(int(order[d]), offset=within, length=take)
+            out[filled:filled + take] = dataset.get(int(order[d]), offset=within, length=take)
             filled += take
         return out

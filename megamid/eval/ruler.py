@@ -9,8 +9,8 @@ variable_track   num_candidates chains "VAR A = 12345", "VAR B = VAR A", ... int
                  asked for every name bound to one value; distractors: the other chains' names
 common_words     a list of pseudo-words in which 5 occur far more often than the rest; asked for those
                  5 (in order of first appearance); distractors: 1-2 of them swapped for rare ones
-All are scored by log-likelihood ranking (chance = 1 / num_candidates) and optionally by greedy
-decoding; the needle depths are drawn at random per sample, and results are reported by length.
+All are scored by log-likelihood ranking (chance = 1 / num_candidates) of the candidates tokenized
+together with the question they continue, and optionally by greedy decoding; the needle depths are drawn at random per sample, and results are reported by length.
 """
 
 import random
@@ -45,7 +45,7 @@ def niah_single(encode: TokenCache, rng: random.Random, length: int, k: int):
     distractors: List[str] = []
     for _ in range(k - 1):
         distractors.append(random_number(rng, 7, exclude=[value, *distractors]))
-    return prompt, " " + value, [" " + d for d in distractors]
+    return prompt, " " + value, [" " + d for d in distractors], NIAH_QUESTION.format(key=key)
 
 
 def niah_multikey(encode: TokenCache, rng: random.Random, length: int, k: int):
@@ -54,7 +54,7 @@ def niah_multikey(encode: TokenCache, rng: random.Random, length: int, k: int):
         values.append(random_number(rng, 7, exclude=values))
     needles = [(rng.random(), NIAH_NEEDLE.format(key=a, value=v)) for a, v in zip(keys, values)]
     prompt, _ = assemble(encode, length, PREFIX, random_sentences(rng), needles, NIAH_QUESTION.format(key=keys[0]), RESERVE_TOKENS)
-    return prompt, " " + values[0], [" " + v for v in values[1:]]
+    return prompt, " " + values[0], [" " + v for v in values[1:]], NIAH_QUESTION.format(key=keys[0])
 
 
 def niah_multivalue(encode: TokenCache, rng: random.Random, length: int, k: int):
@@ -71,7 +71,7 @@ def niah_multivalue(encode: TokenCache, rng: random.Random, length: int, k: int)
         text = " " + ", ".join(wrong)
         if text not in distractors:
             distractors.append(text)
-    return prompt, answer, distractors
+    return prompt, answer, distractors, MULTIVALUE_QUESTION.format(key=key)
 
 
 def variable_track(encode: TokenCache, rng: random.Random, length: int, k: int):
@@ -88,7 +88,7 @@ def variable_track(encode: TokenCache, rng: random.Random, length: int, k: int):
         needles += list(zip(depths, statements))
     question = VT_QUESTION.format(value=values[0], n=VT_HOPS + 1)
     prompt, _ = assemble(encode, length, VT_PREFIX, random_sentences(rng), needles, question, RESERVE_TOKENS)
-    return prompt, " " + " ".join(chains[0]), [" " + " ".join(c) for c in chains[1:]]
+    return prompt, " " + " ".join(chains[0]), [" " + " ".join(c) for c in chains[1:]], question
 
 
 def common_words(encode: TokenCache, rng: random.Random, length: int, k: int):
@@ -118,7 +118,7 @@ def common_words(encode: TokenCache, rng: random.Random, length: int, k: int):
             swapped[i] = rng.choice(rare)
         if len(set(swapped)) == CWE_COMMON and ordered(swapped) not in distractors:
             distractors.append(ordered(swapped))
-    return prompt, ordered(common), distractors
+    return prompt, ordered(common), distractors, question
 
 
 TASKS: Dict[str, Callable] = {
@@ -141,7 +141,8 @@ def ruler_samples(tokenizer: Tokenizer, tasks: Sequence[str], lengths: Sequence[
         for length in lengths:
             for i in range(per_length):
                 rng = sample_rng(seed, task, length, i)
-                prompt, answer, distractors = TASKS[task](encode, rng, length, num_candidates)
+                prompt, answer, distractors, question = TASKS[task](encode, rng, length, num_candidates)
                 cands, idx = shuffled_candidates(rng, answer, distractors)
-                out.append(Sample(task, length, None, prompt, cands, idx))
+                # scored as continuations of the question, tokenized together with it (megamid.eval.scoring)
+                out.append(Sample(task, length, None, prompt, cands, idx, suffix=question))
     return out

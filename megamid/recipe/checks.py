@@ -148,22 +148,30 @@ def _sources_used(config) -> list:
 
 
 def check_files(recipe: RecipeConfig, phases: list, problems: list, hints: list) -> None:
-    fields = {}   # prefix -> the fields that name it, in recipe order
+    fields = {}   # (prefix, key) -> the fields that name it, in recipe order
     for phase in phases:
         spec = recipe.phases[phase.index] if recipe.phases else None
         data_field = f"phases[{phase.name}].data" if spec is not None and spec.data is not None else "data"
         for source, name in _sources_used(phase.data):
-            names = fields.setdefault(source.prefix, [])
-            if f"{data_field}.{name}" not in names:
-                names.append(f"{data_field}.{name}")
+            for prefix, key in ((source.prefix, "prefix"), (source.mask_prefix, "loss_mask")):
+                if prefix is None:
+                    continue
+                names = fields.setdefault((prefix, key), [])
+                if f"{data_field}.{name}" not in names:
+                    names.append(f"{data_field}.{name}")
     missing_any = False
-    for prefix, names in fields.items():
+    for (prefix, key), names in fields.items():
         missing = [prefix + ext for ext in (".bin", ".idx") if not os.path.isfile(prefix + ext)]
         if missing:
             missing_any = True
             also = f" (also {', '.join(n.split('.sources')[0].split('.replay')[0] for n in names[1:])})" \
                 if len(names) > 1 else ""
-            problems.append(f"{names[0]}.prefix={prefix!r}{also} is invalid: {' and '.join(missing)} not found")
+            if key == "prefix":
+                problems.append(f"{names[0]}.prefix={prefix!r}{also} is invalid: {' and '.join(missing)} not found")
+            else:
+                problems.append(f"{names[0]}.loss_mask=true{also} is invalid: its mask {' and '.join(missing)} "
+                                "not found (write masks with `megamid data synthetic`, or set loss_mask: false "
+                                "to score every token)")
     if missing_any:
         hints.append(f"relative data prefixes are read from the working directory {os.getcwd()}; "
                      "build indexed datasets with `megamid data prepare`")

@@ -26,7 +26,7 @@ class Scale:
     num_attention_heads: int = 4
     ffn_hidden_size: int = 512
     length: int = 128                 # L: the base's window; extension goes to 2L and 4L
-    base_batch: int = 16
+    base_batch: int = 32
     base_lr: float = 3e-3
     base_max_steps: int = 3000        # the cap of the stop criterion
     check_every: int = 100            # steps between retrieval checks of the base
@@ -42,15 +42,21 @@ class Scale:
     code_docs: int = 16
     samples: int = 8                  # passkey samples per (length, depth)
     depths: tuple = (0.0, 0.5, 1.0)
+    search_docs: int = 8              # LongRoPE's factor search: training-split code documents
+    search_generations: int = 4
+    search_population: int = 8
     anneal_stable_steps: int = 300
     anneal_steps: int = 150
     threads: int = 1                  # per process: 2 OpenMP threads on 2 busy cores thrash
+    jobs: int = 2                     # branch anneals run at once (one per core)
+    base_threads: int = 2             # the base trains alone, in this process
 
 
 QUICK = Scale(num_layers=1, hidden_size=32, num_attention_heads=2, ffn_hidden_size=64, base_batch=4,
               base_max_steps=4, check_every=2, ft_steps=2, ft_batch=2, train_docs=40, long_train_docs=8,
               code_train_docs=8, heldout_docs=2, code_docs=2, samples=1, depths=(0.5,), anneal_stable_steps=2,
-              anneal_steps=2, threads=1)
+              anneal_steps=2, threads=1, base_threads=1, search_docs=1, search_generations=1,
+              search_population=4)
 
 
 def model_section(scale: Scale, vocab_size: int) -> dict:
@@ -85,6 +91,37 @@ def megamid_train(recipe: str, args: List[str], log: Callable, threads: int, log
         tail = open(log_path).read()[-3000:]
         raise RuntimeError(f"megamid train {recipe} {' '.join(args)} failed ({proc.returncode}); log {log_path}:\n{tail}")
     return time.perf_counter() - start
+
+
+def megamid_train_many(runs: List[tuple], log: Callable, threads: int, jobs: int) -> Dict[str, float]:
+    """`megamid train` for every (label, recipe, args, log_path), `jobs` subprocesses at a time (one per
+    core: branch anneals are independent); returns {label: wall seconds}. The first failure stops the rest."""
+    pending, running, seconds = list(runs), {}, {}
+    try:
+        while pending or running:
+            while pending and len(running) < max(1, jobs):
+                label, recipe, args, log_path = pending.pop(0)
+                log("$ " + " ".join(["megamid", "train", recipe, *args]))
+                out = open(log_path, "w")
+                proc = subprocess.Popen([sys.executable, "-m", "megamid.cli", "train", recipe, *args], stdout=out,
+                                        stderr=subprocess.STDOUT, env=env(threads))
+                running[label] = (proc, out, time.perf_counter(), recipe, args, log_path)
+            time.sleep(0.2)
+            for label, (proc, out, start, recipe, args, log_path) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                out.close()
+                del running[label]
+                if proc.returncode != 0:
+                    tail = open(log_path).read()[-3000:]
+                    raise RuntimeError(f"megamid train {recipe} {' '.join(args)} failed ({proc.returncode}); "
+                                       f"log {log_path}:\n{tail}")
+                seconds[label] = time.perf_counter() - start
+    finally:
+        for proc, out, *_ in running.values():
+            proc.kill()
+            out.close()
+    return seconds
 
 
 def losses(ckpt_dir: str) -> List[dict]:

@@ -264,7 +264,8 @@ class StepRunner:
             ok, grad_norm, _ = self.optimizer.step()
             reason = None if ok else "fp16 loss scaler found inf/nan gradients"
         else:
-            reason = self._nonfinite_reason(loss)
+            # a batch whose every label is masked (loss_mask sources) has nothing to learn from
+            reason = "no scored tokens in the batch" if total[1] == 0 else self._nonfinite_reason(loss)
             ok, grad_norm = False, None
             if reason is None:
                 ok, grad_norm, _ = self.optimizer.step()

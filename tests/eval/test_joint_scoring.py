@@ -102,3 +102,17 @@ def test_rank_candidates_prefers_the_context_tokens(sp):
             return out if last_n is None else out[:, -last_n:]
 
     assert rank_candidates(Copier(), sp, sample.prompt, sample.candidates, sample.suffix) == sample.answer_index
+
+
+def test_ruler_candidates_are_scored_with_their_question(sp):
+    """Every RULER task hands its question to the scorer: each candidate is tokenized together with it, and
+    shared prompt + continuation is exactly the prompt's text followed by the candidate."""
+    from megamid.eval.ruler import TASKS, ruler_samples
+
+    samples = ruler_samples(sp, list(TASKS), [1024], per_length=1, num_candidates=3, seed=4)
+    assert sorted({s.task for s in samples}) == sorted(TASKS)
+    for sample in samples:
+        assert sample.suffix and sample.prompt[-len(sp.encode(sample.suffix)):] == sp.encode(sample.suffix)
+        shared, conts = joint_continuations(sp, sample.prompt, sample.candidates, sample.suffix)
+        for cand, cont in zip(sample.candidates, conts):
+            assert sp.decode(shared + cont) == sp.decode(sample.prompt) + cand, sample.task

@@ -96,7 +96,15 @@ def test_study_extension_plumbing(tmp_path):
     r = _check_report(tmp_path / "ext", ["none", "pi", "ntk", "dynamic_ntk", "yarn", "abf", "longrope", "Zero-shot"])
     assert r["base_steps"] == 4 and set(r["fine_tuned"]) == set(r["methods"]) and len(r["methods"]) == 7
     for m in r["methods"]:
-        assert os.path.isdir(tmp_path / "ext" / "ft" / "branches" / m)  # each fine-tune is a branch anneal
+        assert os.path.isdir(tmp_path / "ext" / "ft" / m / "branches" / m)  # each fine-tune is a branch anneal
+    # LongRoPE's rows use the searched factors (monotone, >= 1), for 2L and 4L
+    from megamid.study.longrope import monotone
+
+    for factor in ("2", "4"):
+        found = r["longrope_search"][factor]
+        assert monotone(found["factors"]) and min(found["factors"]) >= 1 and found["evaluations"] >= 4
+        assert found["score"] <= min(found["seeds"].values())  # the search never returns worse than its seeds
+    assert r["rope"]["longrope"]["long_factor"] == r["longrope_search"]["4"]["factors"]
     # zero-shot really switched the rope: perplexity at 4L differs between methods
     assert len({round(r["zero_shot"][m]["ppl"]["512"]["ppl_mean"], 6) for m in r["methods"]}) > 1
 
