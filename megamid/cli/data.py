@@ -44,6 +44,9 @@ def add_arguments(parser) -> None:
     y.add_argument("--train-docs", type=int, default=4000, help="training documents per task")
     y.add_argument("--min-length", type=int, default=96, help="shortest training document (tokens)")
     y.add_argument("--max-length", type=int, default=128, help="longest training document (tokens)")
+    y.add_argument("--placed", action="store_true", help="every training document exactly --max-length tokens "
+                   "(with EOD), the task (--min-length..--max-length) at a random offset in it: whole in aligned "
+                   "training windows of --max-length, its answer at any position")
     y.add_argument("--heldout-lengths", default="128,256,512", help="lengths of the held-out sets (tokens)")
     y.add_argument("--heldout-docs", type=int, default=64, help="held-out documents per task and length")
     y.add_argument("--code-docs", type=int, default=32, help="held-out Python source files (0: none)")
@@ -87,7 +90,7 @@ def run(args) -> int:
                 raise CommandError(f"--{name.replace('_', '-')}={getattr(args, name)} is invalid: a positive integer")
         manifest = write_synthetic(args.out, load_tokenizer(args.tokenizer), args.tokenizer, tasks, args.train_docs,
                                    args.heldout_docs, args.min_length, args.max_length, lengths, args.code_docs,
-                                   args.code_length, args.seed)
+                                   args.code_length, args.seed, placed=args.placed)
         for name, entry in manifest["sets"].items():
             print(f"{name:20s} {entry['documents']:6d} docs {entry['tokens']:10d} tokens -> {entry['prefix']}")
     else:

@@ -198,10 +198,12 @@ def _pad(pieces: _Pieces, ids: list, spans: list, length: int, at: int):
 
 
 def task_documents(task: str, tokenizer, count: int, min_length: int, max_length: int, seed: int,
-                   exact: bool = False):
+                   exact: bool = False, placed: bool = False):
     """`count` (ids, spans) documents of `task` with lengths uniform in [min_length, max_length] tokens.
     exact: every passkey document padded with spaces to exactly its drawn length (before the question; MQAR
-    documents are always exact), so that documents of length L + EOD fill training windows of L + 1 tokens exactly."""
+    documents are always exact), so that documents of length L + EOD fill training windows of L + 1 tokens exactly.
+    placed: every document exactly max_length tokens, holding a task of min_length..max_length tokens at a
+    random offset (spaces before and after it): whole in an aligned window, its answer at any position."""
     if task not in TASKS:
         raise ConfigError(f"task={task!r} is invalid: expected one of {', '.join(TASKS)}")
     if not 0 < min_length <= max_length:
@@ -211,9 +213,13 @@ def task_documents(task: str, tokenizer, count: int, min_length: int, max_length
         length = int(rng.integers(min_length, max_length + 1))
         ids, spans = TASKS[task](pieces, rng, length)
         spans = spans if isinstance(spans, list) else [spans]
-        if exact:
+        if exact or placed:
             if task == "passkey":  # (MQAR documents are exact already)
                 ids, spans = _pad(pieces, ids, spans, length, spans[0][0] - len(pieces(PASSKEY_QUESTION)))
+        if placed:
+            front = int(rng.integers(0, max_length - len(ids) + 1))
+            ids, spans = _pad(pieces, ids, spans, front + len(ids), 0)   # spaces before the task ...
+            ids = ids + pieces(" ")[-1:] * (max_length - len(ids))         # ... and after it
         yield ids, spans
 
 
@@ -273,8 +279,9 @@ def python_source_text(min_chars: int, max_files: int = 100_000, seed: int = 0) 
 def write_synthetic(out_dir: str, tokenizer, tokenizer_spec: str, tasks=("passkey", "mqar"), train_docs: int = 4000,
                     heldout_docs: int = 64, min_length: int = 96, max_length: int = 128,
                     heldout_lengths=(128, 256, 512), code_docs: int = 32, code_length: int = 512, seed: int = 0,
-                    code_train_docs: int = 0) -> dict:
-    """Writes OUT/<task>_train (lengths uniform in [min_length, max_length]) with its loss mask
+                    code_train_docs: int = 0, placed: bool = False) -> dict:
+    """Writes OUT/<task>_train (lengths uniform in [min_length, max_length]; placed: each task of that length
+    at a random offset in a document of exactly max_length tokens with its EOD) with its loss mask
     OUT/<task>_train.lossmask (1 on the answers: a source with `loss_mask: true`), OUT/<task>_heldout_<N> (at most
     N tokens each, other seeds) as .bin/.idx, and OUT/code_heldout (`code_docs` Python source files
     of >= code_length tokens) for perplexity by position, and with code_train_docs OUT/code_train (other
@@ -298,10 +305,11 @@ def write_synthetic(out_dir: str, tokenizer, tokenizer_spec: str, tasks=("passke
 
     for task in tasks:
         t = list(TASKS).index(task)
-        # min == max: documents of exactly max_length tokens with their EOD, aligned to training windows
-        exact = min_length == max_length
+        # min == max (or placed): documents of exactly max_length tokens with their EOD, aligned to training
+        # windows of max_length; placed: the task (min..max) at a random offset in it
+        exact = min_length == max_length or placed
         docs = list(task_documents(task, tokenizer, train_docs, min_length - exact, max_length - exact,
-                                   seed * 1000 + t, exact))
+                                   seed * 1000 + t, exact and not placed, placed))
         put(f"{task}_train", (ids + [eod] for ids, _ in docs), (answer_mask(len(ids) + 1, spans) for ids, spans in docs),
             task=task, lengths=[min_length, max_length])
         for n in heldout_lengths:

@@ -78,6 +78,20 @@ class Evaluator:
         return measure.ppl_positions(model, self.code, lengths)
 
 
+def base_phases(scale: Scale, data: str) -> list:
+    """The base's phases: with scale.induction_steps, first a curriculum phase of copy and recall documents
+    only (the induction heads that copying and recall need form there, undiluted by the code's loss), then
+    the full mix at a constant LR until the stop criterion or the cap."""
+    rest = {"name": "base", "steps": scale.base_max_steps - scale.induction_steps}
+    if not scale.induction_steps:
+        return [rest]
+    src = lambda name, sub, w: {"name": name, "prefix": os.path.join(data, *sub), "weight": w, "loss_mask": True}  # noqa: E731
+    return [{"name": "induction", "steps": scale.induction_steps,
+             "data": {"sources": [src("copy", ("copy", "copy_train"), 0.5), src("mqar", ("mqar_train",), 0.25),
+                                  src("passkey", ("passkey_train",), 0.25)]}},
+            {**rest, "lr": {"style": "constant", "peak_lr": scale.base_lr, "warmup_steps": 0}}]
+
+
 def search_longrope(model, code_prefix: str, L: int, head_dim: int, scale: Scale, log: Callable) -> Dict:
     """{factor: megamid.study.longrope.search result} for factors 2 and 4: LongRoPE's long factors that
     minimise the base's perplexity at factor x L on training-split code documents (short factors stay 1)."""
@@ -129,27 +143,29 @@ def run(out: str, scale: Scale, log: Callable = print) -> Dict:
     # 1. data
     start = time.perf_counter()
     data, data_long = os.path.join(out, "data"), os.path.join(out, "data_long")
-    # Training documents of varied lengths (3L/4..L, and 2L..4L for the fine-tune), so that windows cut
-    # through them anywhere and the answers sit at every position: with documents of exactly L tokens
-    # the answer always sits at the same positions, and a base learned the passkey by position (held-out
-    # documents one token longer: answer loss 2.8 against 0.06 on its own format), not by content.
-    lo = 3 * L // 4
+    # Every training document is exactly L tokens (4L for the fine-tune) with the task (11L/16..L, 2L..4L)
+    # at a random offset in it (`--placed`): whole in the aligned training windows, its answer at any
+    # position. Documents of exactly L taught the passkey by position (held-out documents one token longer:
+    # answer loss 2.8 against 0.06 on its own format); documents of varied length are cut by the windows,
+    # and most answers then have their question in another window.
+    lo = 11 * L // 16
     write_synthetic(data, tok, "byte", ("passkey", "mqar"), scale.train_docs, scale.heldout_docs, lo, L,
-                    (L, 2 * L, 4 * L), scale.code_docs, 4 * L, 0, scale.code_train_docs)
-    write_synthetic(os.path.join(data, "copy"), tok, "byte", ("copy",), scale.train_docs, 1, lo, L, (), 0)
+                    (L, 2 * L, 4 * L), scale.code_docs, 4 * L, 0, scale.code_train_docs, placed=True)
+    write_synthetic(os.path.join(data, "copy"), tok, "byte", ("copy",), scale.train_docs, 1, lo, L, (), 0,
+                    placed=True)
     write_synthetic(data_long, tok, "byte", ("passkey", "mqar"), scale.long_train_docs, 1, 2 * L, 4 * L, (), 0,
-                    4 * L, 1)
-    commands.append(f"(data) megamid data synthetic {data} --min-length {lo} --max-length {L} "
+                    4 * L, 1, placed=True)
+    commands.append(f"(data) megamid data synthetic {data} --placed --min-length {lo} --max-length {L} "
                     f"--heldout-lengths {L},{2 * L},{4 * L} --code-length {4 * L} ...")
     times["data"] = time.perf_counter() - start
     # copy documents (a dense induction signal) help the recall circuits form within a CPU budget; the task
     # documents are scored on their answers only (loss_mask, as Zoology trains MQAR): scored on every
     # token, the random keys and filler drown the answers and a CPU budget ends before recall forms
     sources = lambda d: [
-        {"name": "passkey", "prefix": os.path.join(d, "passkey_train"), "weight": 0.35, "loss_mask": True},
-        {"name": "mqar", "prefix": os.path.join(d, "mqar_train"), "weight": 0.35, "loss_mask": True},
-        {"name": "copy", "prefix": os.path.join(data, "copy", "copy_train"), "weight": 0.15, "loss_mask": True},
-        {"name": "code", "prefix": os.path.join(data, "code_train"), "weight": 0.15}]
+        {"name": "passkey", "prefix": os.path.join(d, "passkey_train"), "weight": 0.4, "loss_mask": True},
+        {"name": "mqar", "prefix": os.path.join(d, "mqar_train"), "weight": 0.3, "loss_mask": True},
+        {"name": "copy", "prefix": os.path.join(data, "copy", "copy_train"), "weight": 0.2, "loss_mask": True},
+        {"name": "code", "prefix": os.path.join(data, "code_train"), "weight": 0.1}]
     evaluator = Evaluator(tok, data, scale)
 
     # 2. the base, until it retrieves
@@ -163,7 +179,7 @@ def run(out: str, scale: Scale, log: Callable = print) -> Dict:
                      "weight_decay": 0.1, "clip_grad": 1.0, "seed": 1234, "log_interval": 50},
         "checkpoint": {"dir": ckpt, "save_interval": None, "save_final": True, "load": "auto"},
         "data": {"sources": sources(data)},
-        "phases": [{"name": "base", "steps": scale.base_max_steps}]})
+        "phases": base_phases(scale, data)})
 
     def check(model):
         r = evaluator.retrieval(model, [L])

@@ -68,12 +68,43 @@ def extension_report(r: Dict, out: str) -> str:
     bins = list(next(iter(r["fine_tuned"].values()))["mqar_by_depth"][n4])
     lines += [_table(["method", *bins], [[m, *[_f(r["fine_tuned"][m]["mqar_by_depth"][n4][b]) for b in bins]]
                                          for m in r["methods"]]), ""]
+    search = r.get("longrope_search")
+    if search:
+        lines += ["## LongRoPE's factor search", "",
+                  "Perplexity at factor x L on training-split code under each seed and under the searched factors "
+                  "(megamid.study.longrope); the searched long factors are LongRoPE's rows above.", ""]
+        names = list(next(iter(search.values()))["seeds"])
+        lines += [_table(["factor", *[f"seed {n}" for n in names], "searched", "evaluations", "long factors"],
+                         [[f"x{f}", *[_f(v["seeds"][n], 3) for n in names], _f(v["score"], 3), str(v["evaluations"]),
+                           " ".join(f"{x:.2f}" for x in v["factors"])] for f, v in search.items()]), ""]
+    lines += ["## Goals (issue 16)", "", _table(["goal", "result", "met"], extension_goals(r)), ""]
     figures = _extension_figures(r, out)
     lines += [f"![{name}]({os.path.basename(path)})" for name, path in figures.items()] + [""]
     lines += ["## Base retrieval checks", "",
               _table(["step", "passkey@L", "MQAR@L"], [[str(c["step"]), _f(c["passkey"]), _f(c["mqar"])]
                                                        for c in r["base_checks"]]), ""]
     return _write(lines, r, out)
+
+
+def extension_goals(r: Dict) -> List[List[str]]:
+    """[goal, result, met] rows, computed from the results (the report states misses, it does not hide them)."""
+    L = r["L"]
+    n1, n2, n4 = str(L), str(2 * L), str(4 * L)
+    base, z, t = r["base"], r["zero_shot"], r["fine_tuned"]
+    yes = lambda ok: "yes" if ok else "no"  # noqa: E731
+    rows = [["base retrieval >= 95% at L: passkey", _f(base["passkey"][n1]), yes(base["passkey"][n1] >= 0.95)],
+            ["base retrieval >= 95% at L: MQAR", _f(base["mqar"][n1]), yes(base["mqar"][n1] >= 0.95)],
+            ["4L after fine-tune: YaRN >= 95%, none <= 30% (passkey)",
+             f"YaRN {_f(t['yarn']['passkey'][n4])}, none {_f(t['none']['passkey'][n4])}",
+             yes(t["yarn"]["passkey"][n4] >= 0.95 and t["none"]["passkey"][n4] <= 0.30)]]
+    zy, zn, zp, z0 = (z[m]["passkey"][n2] for m in ("yarn", "ntk", "pi", "none"))
+    rows.append(["zero-shot 2L: YaRN and NTK above PI and none (passkey)",
+                 f"YaRN {_f(zy)}, NTK {_f(zn)}, PI {_f(zp)}, none {_f(z0)}", yes(min(zy, zn) > max(zp, z0))])
+    short = base["ppl"][n1]["ppl_mean"]
+    reg = t["yarn"]["ppl"][n1]["ppl_mean"] / short - 1
+    rows.append(["YaRN short-context regression <= 2%", f"ppl@L {_f(t['yarn']['ppl'][n1]['ppl_mean'], 3)} vs base "
+                 f"{_f(short, 3)} ({100 * reg:+.1f}%)", yes(reg <= 0.02)])
+    return rows
 
 
 def _write(lines: List[str], r: Dict, out: str) -> str:

@@ -25,10 +25,13 @@ class Scale:
     hidden_size: int = 128
     num_attention_heads: int = 4
     ffn_hidden_size: int = 512
+    init_std: float = 0.08            # ~1/sqrt(width): with 0.02 a 2-layer model's induction heads (copy, recall)
+                                      # formed only after thousands of steps; at 0.08 a copy task is learned in ~800
     length: int = 128                 # L: the base's window; extension goes to 2L and 4L
     base_batch: int = 32
     base_lr: float = 3e-3
-    base_max_steps: int = 3000        # the cap of the stop criterion
+    base_max_steps: int = 4000        # the cap of the stop criterion
+    induction_steps: int = 1500       # a first phase of copy/recall documents only (a curriculum), part of the cap
     check_every: int = 100            # steps between retrieval checks of the base
     target_passkey: float = 0.95
     target_mqar: float = 0.9
@@ -55,7 +58,7 @@ class Scale:
 QUICK = Scale(num_layers=1, hidden_size=32, num_attention_heads=2, ffn_hidden_size=64, base_batch=4,
               base_max_steps=4, check_every=2, ft_steps=2, ft_batch=2, train_docs=40, long_train_docs=8,
               code_train_docs=8, heldout_docs=2, code_docs=2, samples=1, depths=(0.5,), anneal_stable_steps=2,
-              anneal_steps=2, threads=1, base_threads=1, search_docs=1, search_generations=1,
+              anneal_steps=2, threads=1, base_threads=1, induction_steps=2, search_docs=1, search_generations=1,
               search_population=4)
 
 
@@ -63,7 +66,8 @@ def model_section(scale: Scale, vocab_size: int) -> dict:
     return {"num_layers": scale.num_layers, "hidden_size": scale.hidden_size,
             "num_attention_heads": scale.num_attention_heads, "num_query_groups": scale.num_attention_heads,
             "ffn_hidden_size": scale.ffn_hidden_size, "vocab_size": vocab_size,
-            "max_position_embeddings": scale.length, "rope": {"type": "default", "theta": 10000}, "dtype": "fp32"}
+            "max_position_embeddings": scale.length, "rope": {"type": "default", "theta": 10000}, "dtype": "fp32",
+            "init_method_std": scale.init_std}
 
 
 def env(threads: int) -> dict:

@@ -94,3 +94,26 @@ def test_synthetic_masks_mark_exactly_the_answers(tmp_path):
     # held-out sets are not masked: evaluation reads the spans from heldout_documents
     assert "loss_mask" not in manifest["sets"]["passkey_heldout_160"]
     assert heldout_documents("passkey", tok, 160, 1)[0][1]
+
+
+@pytest.mark.parametrize("task", ["passkey", "mqar", "copy"])
+def test_placed_documents_are_whole_windows_with_answers_anywhere(task):
+    """placed: every document exactly max_length tokens, the task at a random offset with spaces around it;
+    the spans still hold the answers, and the answers' positions vary (no fixed-position shortcut)."""
+    from megamid.data.synthetic import task_documents
+
+    tok = load_tokenizer("byte")
+    docs = list(task_documents(task, tok, 40, 88, 127, seed=3, placed=True))
+    ends = set()
+    for ids, spans in docs:
+        assert len(ids) == 127
+        text = tok.decode(ids)
+        assert text.strip()[:4] in ("Reme", "Reca", "Copy")  # the task itself starts after the front spaces
+        for lo, hi, _ in spans:
+            answer = tok.decode(ids[lo:hi])
+            if task == "passkey":
+                assert answer.strip().rstrip(".").isdigit()
+            elif task == "mqar":
+                assert answer.isdigit() and len(answer) == 1
+            ends.add(hi)
+    assert len(ends) > 10

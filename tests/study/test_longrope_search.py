@@ -33,3 +33,17 @@ def test_search_moves_towards_the_optimum_and_stays_legal():
     for f in calls:
         assert monotone(f) and min(f) >= 1.0 and max(f) <= 8.0
     assert r["evaluations"] == len({tuple(np.round(c, 6)) for c in calls})  # each candidate scored once
+
+
+def test_parallel_branch_runs_report_the_failing_one(tmp_path):
+    """megamid_train_many runs `megamid train` subprocesses two at a time; a failure names its recipe and log."""
+    import pytest
+
+    from megamid.study.runs import megamid_train_many
+
+    runs = [(f"r{i}", str(tmp_path / f"missing{i}.yaml"), ["--branch", f"r{i}"], str(tmp_path / f"r{i}.log"))
+            for i in range(2)]
+    logged = []
+    with pytest.raises(RuntimeError, match=r"megamid train .*missing\d\.yaml --branch r\d failed \(2\); log .*r\d\.log"):
+        megamid_train_many(runs, logged.append, threads=1, jobs=2)
+    assert all(line.startswith("$ megamid train") for line in logged) and len(logged) == 2

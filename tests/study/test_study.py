@@ -81,6 +81,19 @@ def test_cli_data_synthetic_errors_are_one_line(tmp_path):
         assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
 
 
+def test_cli_data_synthetic_placed_writes_aligned_documents_with_masks(tmp_path):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    proc = megamid("data", "synthetic", tmp_path / "s", "--placed", "--min-length", "90", "--max-length", "128",
+                   "--train-docs", "12", "--heldout-docs", "1", "--heldout-lengths", "128", "--code-docs", "0")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for task in ("passkey", "mqar"):
+        tokens = IndexedDataset(str(tmp_path / "s" / f"{task}_train"))
+        mask = IndexedDataset(str(tmp_path / "s" / f"{task}_train.lossmask"))
+        assert set(np.asarray(tokens.sequence_lengths).tolist()) == {128}  # L tokens with the EOD: windows align
+        assert np.asarray(mask.sequence_lengths).tolist() == np.asarray(tokens.sequence_lengths).tolist()
+
+
 def _check_report(out, names):
     report = open(os.path.join(out, "report.md")).read()
     for name in names:
