@@ -14,6 +14,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per training process (default 1)")
     parser.add_argument("--base-max-steps", type=int, default=None, help="extension: cap of the base's steps")
     parser.add_argument("--ft-steps", type=int, default=None, help="extension: fine-tune steps per method")
+    parser.add_argument("--induction-steps", type=int, default=None,
+                        help="extension: steps of the base's first (copy/recall) phase, within --base-max-steps")
 
 
 def run(args) -> int:
@@ -24,12 +26,16 @@ def run(args) -> int:
     from megamid.study.runs import QUICK, Scale
 
     scale = QUICK if args.quick else Scale()
-    for name in ("threads", "base_max_steps", "ft_steps"):
+    for name in ("threads", "base_max_steps", "ft_steps", "induction_steps"):
         value = getattr(args, name)
         if value is not None:
-            if value < 1:
+            if value < 1 and not (name == "induction_steps" and value == 0):
                 raise CommandError(f"--{name.replace('_', '-')}={value} is invalid: a positive integer")
             scale = dataclasses.replace(scale, **{name: value})
+    if scale.induction_steps >= scale.base_max_steps:
+        raise CommandError(f"--base-max-steps={scale.base_max_steps} is invalid: the base's first phase alone takes "
+                           f"{scale.induction_steps} steps (--induction-steps); use more, or --induction-steps "
+                           f"below {scale.base_max_steps} (0: no curriculum phase)")
     os.environ.setdefault("OMP_NUM_THREADS", str(scale.threads))
     import torch
 

@@ -135,3 +135,7 @@ def test_study_anneal_plumbing(tmp_path):
 def test_study_cli_errors(tmp_path):
     proc = megamid("study", "extension", tmp_path / "x", "--threads", "0")
     assert proc.returncode == 2 and "--threads=0 is invalid" in proc.stderr
+    proc = megamid("study", "extension", tmp_path / "x", "--base-max-steps", "1000")
+    assert proc.returncode == 2 and "--base-max-steps=1000 is invalid: the base's first phase alone takes 1500" \
+        in proc.stderr and "Traceback" not in proc.stderr
+    assert not os.path.exists(tmp_path / "x")
