@@ -1,11 +1,13 @@
 """`megamid study extension OUT`: do the context-extension methods work? One base, seven methods.
 
-1. Data (megamid.data.synthetic, byte tokenizer): passkey, MQAR and copy documents of exactly L tokens, the
-   same at 4L for the fine-tune, Python source files (train), held-out passkey/MQAR sets at L, 2L, 4L
-   and held-out Python files of >= 4L tokens for perplexity by position.
-2. A base trained at L (constant LR after warm-up) until it retrieves: every `check_every` steps,
-   passkey and MQAR accuracy at L on held-out data; it stops (and saves) once both reach their targets,
-   or at `base_max_steps`.
+1. Data (megamid.data.synthetic, byte tokenizer): passkey, MQAR and copy documents placed at random
+   offsets in documents of exactly L tokens with answer-only loss masks, the same at 4L for the
+   fine-tune, Python source files (train), held-out passkey/MQAR sets at L, 2L, 4L and held-out Python
+   files of >= 4L tokens for perplexity by position.
+2. A base trained at L (init std 0.08, constant LR after warm-up; first `induction_steps` of copy and
+   recall documents only, then the mix with code) until it retrieves: every `check_every` steps, passkey
+   and MQAR accuracy at L on held-out data; it stops (and saves) once both reach their targets, or at
+   `base_max_steps`.
 3. LongRoPE's per-dimension factors searched on the base (megamid.study.longrope: perplexity at 2L and
    4L on training-split code), for LongRoPE's rows below.
 4. Zero-shot: the base evaluated under each method's rope (factor 2 at 2L, factor 4 at 4L; `megamid
