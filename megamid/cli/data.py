@@ -3,7 +3,7 @@
   megamid data prepare --input FILES... --tokenizer byte|SP.model|tokenizer.json --output PREFIX
   megamid data train-tokenizer --input FILES... --output DIR/NAME --vocab-size 8000
   megamid data demo-corpus OUT [--size tiny|small] [--seed 0] [--tokenizer byte]
-  megamid data synthetic OUT [--tasks passkey,mqar] [--tokenizer byte] [--min-length 96 --max-length 128]
+  megamid data synthetic OUT [--tasks passkey,mqar,copy] [--placed] [--tokenizer byte] [--min-length 96 --max-length 128]
 """
 
 import json
@@ -39,7 +39,7 @@ def add_arguments(parser) -> None:
 
     y = sub.add_parser("synthetic", help="passkey / MQAR training and held-out sets + a held-out code ppl set")
     y.add_argument("out", help="output folder: <task>_train, <task>_heldout_<N>, code_heldout (.bin/.idx)")
-    y.add_argument("--tasks", default="passkey,mqar", help="comma-separated, from passkey,mqar")
+    y.add_argument("--tasks", default="passkey,mqar", help="comma-separated, from passkey,mqar,copy")
     y.add_argument("--tokenizer", default="byte", help="'byte', a sentencepiece .model, or a tokenizer.json")
     y.add_argument("--train-docs", type=int, default=4000, help="training documents per task")
     y.add_argument("--min-length", type=int, default=96, help="shortest training document (tokens)")
