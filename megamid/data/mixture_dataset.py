@@ -96,7 +96,7 @@ class MixtureDataset(torch.utils.data.Dataset):
         return self.num_samples
 
     def _window(self, i: int):
-        """(tokens, loss mask) of sample i: seq_len + 1 of each."""
+        """(tokens, loss mask or None) of sample i: seq_len + 1 of each; None: every token scored."""
         if not 0 <= i < self.num_samples:
             raise IndexError(f"sample {i} is outside the phase's {self.num_samples} samples")
         s = int(self.source_index[i])
@@ -107,11 +107,15 @@ class MixtureDataset(torch.utils.data.Dataset):
                             f"(valid ids: 0..{self.vocab_size - 1})")
         return window, self.streams[s].read_mask(offset, self.seq_len + 1)
 
-    def _fields(self, windows, sources: np.ndarray) -> dict:
-        windows, masks = windows
+    def _fields(self, pairs: list, sources: np.ndarray) -> dict:
+        """The fields of the stacked (tokens, mask) windows of _window."""
+        windows = np.stack([w for w, _ in pairs])
         tokens = torch.from_numpy(np.ascontiguousarray(windows[:, :-1]))
         labels = torch.from_numpy(np.ascontiguousarray(windows[:, 1:]))
-        loss_mask = (labels != self.pad).to(torch.float32) * torch.from_numpy(np.ascontiguousarray(masks[:, 1:]))
+        loss_mask = (labels != self.pad).to(torch.float32)
+        if any(m is not None for _, m in pairs):  # loss_mask sources: only their marked labels are scored
+            ones = np.ones(self.seq_len + 1, dtype=np.float32)
+            loss_mask *= torch.from_numpy(np.stack([ones if m is None else m for _, m in pairs])[:, 1:])
         if self.config.pack:
             position_ids, cu_seqlens = doc_positions(tokens, self.eod)
             loss_mask[tokens == self.eod] = 0.0  # the label after EOD belongs to another document
@@ -127,16 +131,14 @@ class MixtureDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         """One sample; fixed shapes only (default_collate stacks them; cu_seqlens via get_batch)."""
         i = int(i)
-        window, mask = self._window(i)
-        batch = self._fields((window[None], mask[None]), self.source_index[i:i + 1])
+        batch = self._fields([self._window(i)], self.source_index[i:i + 1])
         return {k: v[0] for k, v in batch.items() if k != "cu_seqlens"}
 
     def get_batch(self, start: int, count: int) -> dict:
         """Samples start .. start+count-1 stacked: [count, seq_len] fields, source [count], and with
         pack, cu_seqlens int32 [documents + 1] over the rows concatenated (row r starts at r * seq_len)."""
         pairs = [self._window(i) for i in range(int(start), int(start) + int(count))]
-        windows = (np.stack([w for w, _ in pairs]), np.stack([m for _, m in pairs]))
-        return self._fields(windows, self.source_index[start:start + count])
+        return self._fields(pairs, self.source_index[start:start + count])
 
     def consumed_samples_per_source(self, num_samples: int) -> dict:
         """{name: samples of this phase drawn from it among the first num_samples}."""

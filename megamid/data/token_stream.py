@@ -112,10 +112,10 @@ class TokenStream:
         """`length` tokens (int64) from stream offset `offset`, crossing documents and epochs."""
         return self._read(self.dataset, offset, length)
 
-    def read_mask(self, offset: int, length: int) -> np.ndarray:
-        """The loss mask (float32 0/1) of the same tokens as read(offset, length); all ones without a mask."""
+    def read_mask(self, offset: int, length: int):
+        """The loss mask (float32 0/1) of the same tokens as read(offset, length); None without a mask."""
         if self.mask is None:
-            return np.ones(length, dtype=np.float32)
+            return None
         return self._read(self.mask, offset, length).astype(np.float32)
 
     def _read(self, dataset, offset: int, length: int) -> np.ndarray:

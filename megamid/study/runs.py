@@ -86,15 +86,7 @@ def write_yaml(path: str, data: dict) -> str:
 
 def megamid_train(recipe: str, args: List[str], log: Callable, threads: int, log_path: str) -> float:
     """`megamid train RECIPE ARGS` in a subprocess (output to log_path); returns its wall seconds."""
-    cmd = [sys.executable, "-m", "megamid.cli", "train", recipe, *args]
-    log("$ " + " ".join(["megamid", "train", recipe, *args]))
-    start = time.perf_counter()
-    with open(log_path, "w") as out:
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env(threads))
-    if proc.returncode != 0:
-        tail = open(log_path).read()[-3000:]
-        raise RuntimeError(f"megamid train {recipe} {' '.join(args)} failed ({proc.returncode}); log {log_path}:\n{tail}")
-    return time.perf_counter() - start
+    return megamid_train_many([("run", recipe, args, log_path)], log, threads, jobs=1)["run"]
 
 
 def megamid_train_many(runs: List[tuple], log: Callable, threads: int, jobs: int) -> Dict[str, float]:
