@@ -1,12 +1,14 @@
 """python examples/tiny_cpu/run_demo.py --out runs/demo   (what `make demo` runs)
 
-Builds the local demo corpus (no download), trains the tiny staged recipe for half its first phase,
-stops, relaunches to resume from the checkpoint and finish every phase, then writes a report.
+Builds the local demo corpus and the synthetic retrieval documents (no download), trains the tiny staged
+recipe for half its first phase, stops, relaunches to resume from the checkpoint and finish every phase,
+then writes a report. Extra arguments are recipe overrides for both launches (the test's few-step run).
 """
 
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -14,10 +16,26 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+# Passkey and copy documents with answer-only loss masks (`megamid data synthetic --placed`): every document
+# exactly the window it trains in, the task at a random offset, so windows hold whole tasks.
+TASKS = [  # (folder under corpus/, tasks, min length, window, documents)
+    ("tasks", "passkey,copy", 88, 128, 4000),
+    ("tasks256", "passkey", 176, 256, 400),
+    ("tasks512", "passkey", 352, 512, 300),
+]
+
+
+class CommandFailed(Exception):
+    pass
+
+
 def megamid(*args, cwd):
+    """Runs `megamid ARGS` in `cwd`; a failure (megamid printed why) stops the demo with its exit status."""
     cmd = [sys.executable, "-m", "megamid.cli", *args]
-    print("$ megamid " + " ".join(args), flush=True)
-    subprocess.run(cmd, cwd=cwd, check=True)
+    print("$ megamid " + shlex.join(args), flush=True)
+    rc = subprocess.run(cmd, cwd=cwd).returncode
+    if rc != 0:
+        raise CommandFailed(f"demo: `megamid {shlex.join(args)}` failed with exit status {rc} (in {cwd})", rc)
 
 
 def _mean(values):
@@ -29,40 +47,52 @@ def _fmt(v, spec=".2f"):
     return "-" if v is None else format(v, spec)
 
 
+def _passkey_by_length(result: dict) -> list:
+    grid = result["passkey"]["grid"]
+    return [_mean(row[i] for row in grid["accuracy"]) for i in range(len(grid["lengths"]))]
+
+
 def eval_report(ckpt: str) -> list:
-    """Markdown lines: passkey and perplexity by position at the end of each phase, from the
-    results the trainer wrote to CKPT/eval/<phase>/step_<N>/results.json."""
+    """Markdown lines: passkey and perplexity at every evaluation of the run (each phase's end and every
+    `interval` steps), from the results the trainer wrote to CKPT/eval/<phase>/step_<N>/results.json, and
+    perplexity by position at the end of each phase."""
     runs = []
     root = os.path.join(ckpt, "eval")
     for phase in os.listdir(root) if os.path.isdir(root) else []:
-        steps = [d for d in os.listdir(os.path.join(root, phase)) if d.startswith("step_")]
-        if steps:
-            last = max(steps, key=lambda d: int(d.split("_")[1]))
-            runs.append(json.load(open(os.path.join(root, phase, last, "results.json"))))
+        for step in os.listdir(os.path.join(root, phase)):
+            path = os.path.join(root, phase, step, "results.json")
+            if step.startswith("step_") and os.path.isfile(path):
+                runs.append(json.load(open(path)))
     if not runs:
         return []
     runs.sort(key=lambda r: r["global_step"] or 0)
     lengths = runs[0]["config"]["lengths"]
-    lines = ["", "## Long-context evaluation at the end of each phase", "",
+    chance = runs[0]["passkey"]["chance"]
+    lines = ["", "## Long-context evaluation during the run", "",
              f"passkey@N: how often the model ranks the right pass key first among "
-             f"{runs[0]['config']['num_candidates']} candidates (chance {runs[0]['passkey']['chance']:.2f}) in an "
+             f"{runs[0]['config']['num_candidates']} candidates (chance {chance:.2f}) in an "
              "N-token prompt, mean over depths; ppl@N: perplexity over the first N tokens of the last documents "
-             "of the long source (the run never reads that far into it).", "",
-             "| phase | step | " + " | ".join(f"passkey@{n}" for n in lengths) + " | "
-             + " | ".join(f"ppl@{n}" for n in lengths) + " |", "|---|---|" + "---|" * 2 * len(lengths)]
+             "of the long source (the run never reads that far into it).", ""]
+    first, last = runs[0], max((r for r in runs if r["phase"] == runs[0]["phase"]), key=lambda r: r["global_step"])
+    a, b = _passkey_by_length(first)[0], _passkey_by_length(last)[0]
+    if a is not None and b is not None:
+        lines += [f"Retrieval forms during `{first['phase']}`: passkey@{lengths[0]} {a:.2f} at step "
+                  f"{first['global_step']}, {b:.2f} at step {last['global_step']} (chance {chance:.2f}).", ""]
+    lines += ["| phase | step | " + " | ".join(f"passkey@{n}" for n in lengths) + " | "
+              + " | ".join(f"ppl@{n}" for n in lengths) + " |", "|---|---|" + "---|" * 2 * len(lengths)]
     for r in runs:
-        grid = r["passkey"]["grid"]
-        acc = [_mean(row[i] for row in grid["accuracy"]) for i in range(len(grid["lengths"]))]
         ppl = [r["ppl"]["by_length"][str(n)]["ppl_mean"] for n in lengths]
-        lines.append(f"| {r['phase']} | {r['global_step']} | " + " | ".join(_fmt(a) for a in acc) + " | "
-                     + " | ".join(_fmt(p, ".1f") for p in ppl) + " |")
+        lines.append(f"| {r['phase']} | {r['global_step']} | " + " | ".join(_fmt(a) for a in _passkey_by_length(r))
+                     + " | " + " | ".join(_fmt(p, ".1f") for p in ppl) + " |")
+    ends = [max((r for r in runs if r["phase"] == p), key=lambda r: r["global_step"])
+            for p in dict.fromkeys(r["phase"] for r in runs)]
     for n in lengths:
         edges = runs[0]["ppl"]["by_length"][str(n)]["bucket_edges"]
-        lines += ["", f"Perplexity by position at {n} tokens (falling: the model uses the context; rising past "
-                      "the trained length: it does not extrapolate)", "",
+        lines += ["", f"Perplexity by position at {n} tokens at the end of each phase (falling: the model uses the "
+                      "context; rising past the trained length: it does not extrapolate)", "",
                   "| phase | " + " | ".join(f"{a}-{b}" for a, b in zip(edges, edges[1:])) + " |",
                   "|---|" + "---|" * (len(edges) - 1)]
-        for r in runs:
+        for r in ends:
             lines.append(f"| {r['phase']} | " + " | ".join(_fmt(p, ".1f") for p in r["ppl"]["by_length"][str(n)]["ppl"]) + " |")
     return lines
 
@@ -71,6 +101,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/demo")
     parser.add_argument("--fresh", action="store_true", help="delete earlier checkpoints in OUT first")
+    parser.add_argument("--exit-after", type=int, default=100, help="steps of the first launch (mid-phase)")
+    parser.add_argument("overrides", nargs="*", help="recipe overrides (key.sub=value) for both launches")
     args = parser.parse_args()
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
@@ -83,14 +115,21 @@ def main() -> int:
     start = time.time()
     if not os.path.isfile(os.path.join(out, "corpus", "corpus.json")):
         megamid("data", "demo-corpus", "corpus", cwd=out)
+    for folder, tasks, lo, window, docs in TASKS:
+        if not os.path.isfile(os.path.join(out, "corpus", folder, "synthetic.json")):
+            megamid("data", "synthetic", f"corpus/{folder}", "--tasks", tasks, "--placed", "--min-length", str(lo),
+                    "--max-length", str(window), "--train-docs", str(docs), "--heldout-lengths", "",
+                    "--code-docs", "0", cwd=out)
     if not os.path.isfile(os.path.join(ckpt, "latest")):
-        megamid("train", recipe, "--exit-after-steps", "20", cwd=out)     # stop mid-phase ...
-    megamid("train", recipe, cwd=out)                                     # ... and resume to the end
+        megamid("train", recipe, "--exit-after-steps", str(args.exit_after), *args.overrides, cwd=out)  # stop ...
+    megamid("train", recipe, *args.overrides, cwd=out)  # ... and resume to the end
     rows = [json.loads(line) for line in open(os.path.join(ckpt, "metrics.jsonl"))]
     report = os.path.join(out, "report.md")
     with open(report, "w") as f:
         f.write("# megamid tiny CPU demo\n\n| phase | step | loss | lr | grad norm | tokens/s |\n|---|---|---|---|---|---|\n")
-        for r in rows:
+        for i, r in enumerate(rows):  # every 20th step of a phase and its last
+            if r["step"] % 20 and i + 1 < len(rows) and rows[i + 1]["phase"] == r["phase"]:
+                continue
             f.write(f"| {r['phase']} | {r['step']} | {r['loss']:.4f} | {r['lr']:.2e} | {r['grad_norm']:.3f} | "
                     f"{r['tokens_per_s']:.0f} |\n")
         f.write("\n".join(eval_report(ckpt)) + "\n")
@@ -101,4 +140,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except CommandFailed as exc:
+        print(exc.args[0], file=sys.stderr)
+        sys.exit(exc.args[1])

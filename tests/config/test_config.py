@@ -24,9 +24,9 @@ def test_every_example_recipe_loads_and_plans(path):
 
 
 def test_overrides_reach_nested_fields_and_lists():
-    recipe = load_recipe(TINY, ["training.seq_len=128", "parallel.use_distributed_optimizer=true",
+    recipe = load_recipe(TINY, ["training.seq_len=64", "parallel.use_distributed_optimizer=true",
                                 "phases.2.steps=3", "checkpoint.keep_last=null"])
-    assert recipe.training.seq_len == 128
+    assert recipe.training.seq_len == 64
     assert recipe.parallel.use_distributed_optimizer is True
     assert recipe.phases[2].steps == 3
     assert recipe.checkpoint.keep_last is None
@@ -40,8 +40,8 @@ def test_overrides_reach_nested_fields_and_lists():
     (["training.seq_len=-1"], "training.seq_len=-1 is invalid: must be > 0"),
     (["training.lr.style=triangle"], "style"),
     (["model.hidden=5"], "unknown key(s) 'hidden' in model; valid keys: num_layers"),
-    (["parallel.pipeline_model_parallel_size=3"], "model.num_layers=4 is invalid with parallel.pipeline_model_parallel_size=3"),
-    (["phases.2.rope.factor=0.5"], "phases[ctx512].rope"),
+    (["parallel.pipeline_model_parallel_size=3"], "model.num_layers=2 is invalid with parallel.pipeline_model_parallel_size=3"),
+    (["phases.3.rope.factor=0.5"], "phases[ctx256].rope"),
     (["phases.0.optimizer_state=keep"], "optimizer_state='keep' is invalid: expected one of carry, reset"),
     (["training.micro_batch_size=abc"], "training.micro_batch_size='abc' is invalid: expected an integer"),
     (["training"], "override 'training' is invalid: expected key.sub=value"),
@@ -70,9 +70,9 @@ def test_phase_needs_exactly_one_budget():
 
 
 def test_tokens_budget_becomes_steps():
-    plan = load_plan(TINY, ["phases.0.steps=null", "phases.0.tokens=20000"], check_files=False)
-    # 8 samples x 256 tokens per step: ceil(20000 / 2048) = 10 steps
-    assert plan.phases[0].steps == 10 and plan.phases[0].budget_tokens == 20000
+    plan = load_plan(TINY, ["phases.0.steps=null", "phases.0.tokens=100000"], check_files=False)
+    # 32 samples x 128 tokens per step: ceil(100000 / 4096) = 25 steps
+    assert plan.phases[0].steps == 25 and plan.phases[0].budget_tokens == 100000
 
 
 def test_cli_reports_config_errors_and_exits_2(capsys):

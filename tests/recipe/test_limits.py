@@ -79,9 +79,9 @@ def test_absurd_sizes_are_refused_with_an_estimate(tmp_path, overrides, message)
 
 
 def test_a_phase_seq_len_names_the_phase_and_the_model_problem_is_reported_once(tmp_path):
-    recipe = load_recipe(TINY, ["phases.3.seq_len=100000000", "phases.3.rope.factor=400000"])
+    recipe = load_recipe(TINY, ["phases.4.seq_len=100000000", "phases.4.rope.factor=800000"])
     problems = check_recipe_sizes(recipe, host_limit_bytes=8 * GiB, device_limit_bytes=80 * GiB)
-    assert len(problems) == 1 and problems[0].startswith("phases[ctx1024].seq_len=100000000 is too large"), problems
+    assert len(problems) == 1 and problems[0].startswith("phases[ctx512].seq_len=100000000 is too large"), problems
     big = load_recipe(TINY, ["model.hidden_size=262144"])
     problems = check_recipe_sizes(big, host_limit_bytes=8 * GiB, device_limit_bytes=80 * GiB)
     assert len(problems) == 1 and "model.hidden_size=262144" in problems[0]

@@ -30,48 +30,49 @@ def test_tiny_recipe_prints_the_phase_table(corpus_dir, capsys):
     rc, out, err = plan_cli(capsys, TINY)
     assert rc == 0, err
     rows = {line.split()[0]: line.split() for line in out.splitlines()[3:] if line and not line.startswith("-")}
-    assert list(rows) == ["pretrain", "anneal", "ctx512", "ctx1024", "total"]
-    assert [rows[n][1] for n in rows] == ["40", "20", "10", "10", "80"]
-    assert [rows[n][2] for n in rows] == ["81.9K", "41.0K", "20.5K", "20.5K", "163.8K"]   # steps x batch x seq_len
-    assert rows["ctx1024"][3] == "1024" and rows["ctx1024"][4] == "TP1xPP1xCP1xDP1"
-    assert "yarn x4 of 256" in out and "long 60%" in out and "world size 1" in out
-    assert "3.00e-03->" in out  # the anneal's LR at its first update
+    assert list(rows) == ["induction", "pretrain", "anneal", "ctx256", "ctx512", "total"]
+    assert [rows[n][1] for n in rows] == ["200", "60", "20", "20", "60", "360"]
+    assert [rows[n][2] for n in rows] == ["819.2K", "245.8K", "81.9K", "81.9K", "245.8K", "1.5M"]   # steps x batch x seq_len
+    assert rows["ctx512"][3] == "512" and rows["ctx512"][4] == "TP1xPP1xCP1xDP1"
+    assert "yarn x4 of 128" in out and "long 50%" in out and "world size 1" in out
+    assert "3.00e-03->3.02e-04" in out and "3.00e-04->1.50e-05" in out  # pretrain's and the anneal's first->last LR
 
 
 def test_plan_values_match_the_schedule_and_the_mixture():
     plan = plan_recipe(load_recipe(TINY), world_size=2, check_files=False)
-    anneal = plan.phases[1]
-    assert anneal.start_tokens == 40 * 8 * 256 and anneal.data_parallel_size == 2
-    assert anneal.lr_start == pytest.approx(3.0e-3) and anneal.lr_end == pytest.approx(3.0e-3 / 20)
-    assert anneal.shares_start == pytest.approx({"pretrain": 0.3, "code": 0.3, "math": 0.2, "prose": 0.2})
-    moving = load_recipe(TINY, ["phases.1.data.sources.0.weight_end=0.0"])
-    row = plan_recipe(moving, check_files=False).phases[1]
+    anneal = plan.phases[2]
+    assert anneal.start_tokens == (200 + 60) * 32 * 128 and anneal.data_parallel_size == 2
+    assert anneal.lr_start == pytest.approx(3.0e-4) and anneal.lr_end == pytest.approx(3.0e-4 / 20)
+    assert anneal.shares_start == pytest.approx({"pretrain": 0.3, "code": 0.3, "math": 0.2, "prose": 0.1,
+                                                 "passkey": 0.1})
+    moving = load_recipe(TINY, ["phases.2.data.sources.0.weight_end=0.0"])
+    row = plan_recipe(moving, check_files=False).phases[2]
     assert row.shares_end["pretrain"] == 0.0 and row.shares_end["code"] == pytest.approx(0.3 / 0.7)
 
 
 @pytest.mark.parametrize("overrides, world, message", [
-    # rope: yarn x2 over 256 covers 512 positions
-    (["phases.2.seq_len=2048"], 1, "phases[ctx512].seq_len=2048 is invalid: phases[ctx512].rope (yarn factor=2 "
-                                   "x original 256) covers 512 positions; use seq_len <= 512 or factor >= 8"),
+    # rope: yarn x2 over 128 covers 256 positions
+    (["phases.3.seq_len=1024"], 1, "phases[ctx256].seq_len=1024 is invalid: phases[ctx256].rope (yarn factor=2 "
+                                   "x original 128) covers 256 positions; use seq_len <= 256 or factor >= 8"),
     # default rope beyond max_position_embeddings
-    (["phases.0.seq_len=512"], 1, "phases[pretrain].seq_len=512 is invalid: model.rope (default, theta=10000) covers "
-                                  "model.max_position_embeddings=256"),
+    (["phases.0.seq_len=256"], 1, "phases[induction].seq_len=256 is invalid: model.rope (default, theta=10000) "
+                                  "covers model.max_position_embeddings=128"),
     # a token budget below one global batch
-    (["phases.1.steps=null", "phases.1.tokens=100"], 1, "phases[anneal].tokens=100 is invalid: less than one "
+    (["phases.2.steps=null", "phases.2.tokens=100"], 1, "phases[anneal].tokens=100 is invalid: less than one "
                                                          "global batch"),
     # world size not divisible by TP x PP x CP
-    (["parallel.tensor_model_parallel_size=2"], 3, "phases[pretrain]: parallel: TP=2 x PP=1 x CP=1 = 2 does not "
+    (["parallel.tensor_model_parallel_size=2"], 3, "phases[induction]: parallel: TP=2 x PP=1 x CP=1 = 2 does not "
                                                    "divide the world size 3"),
     # global batch vs micro batch x DP, inherited from training
-    ([], 16, "phases[pretrain]: training.global_batch_size=8 is invalid at world size 16: must be divisible by "
-             "micro_batch_size x DP = 4 x 16 = 64"),
+    ([], 16, "phases[induction]: training.global_batch_size=32 is invalid at world size 16: must be divisible by "
+             "micro_batch_size x DP = 16 x 16 = 256"),
     # LR schedule vs budget
-    (["phases.3.lr.warmup_steps=9"], 1, "phases[ctx1024].lr.decay_steps=5 is invalid: warmup_steps=9 + decay"),
+    (["phases.4.lr.warmup_steps=31"], 1, "phases[ctx512].lr.decay_steps=30 is invalid: warmup_steps=31 + decay"),
     # context parallelism splits a sequence into 2 x CP chunks
-    (["phases.3.parallel.context_parallel_size=3"], 3,
-     "phases[ctx1024].seq_len=1024 is invalid with context_parallel_size=3: load-balanced context parallelism "
+    (["phases.4.parallel.context_parallel_size=3"], 3,
+     "phases[ctx512].seq_len=512 is invalid with context_parallel_size=3: load-balanced context parallelism "
      "splits a sequence into 2 x CP = 6 chunks"),
-    (["phases.2.eval.tasks=[bogus]"], 1, "phases[ctx512].eval.tasks=['bogus'] is invalid"),
+    (["phases.3.eval.tasks=[bogus]"], 1, "phases[ctx256].eval.tasks=['bogus'] is invalid"),
 ])
 def test_errors_name_the_phase_and_the_field(overrides, world, message):
     with pytest.raises(ConfigError) as exc:
@@ -84,7 +85,7 @@ def test_missing_files_are_listed_once_each_and_exit_2(corpus_dir, capsys):
     rc, out, err = plan_cli(capsys, TINY, "tokenizer=nope.model", f"base={corpus_dir / 'no_ckpt'}")
     assert rc == 2 and out == ""
     assert err.count("corpus/long_text_document.idx not found") == 1
-    assert ("phases[ctx512].data.sources[0].prefix='corpus/long_text_document' (also phases[ctx1024].data) is "
+    assert ("phases[ctx256].data.sources[0].prefix='corpus/long_text_document' (also phases[ctx512].data) is "
             "invalid: corpus/long_text_document.idx not found") in err
     assert "tokenizer='nope.model' is invalid" in err and "is invalid: no such checkpoint directory" in err
 
@@ -112,9 +113,9 @@ def test_rope_limits():
     def limit(rope):
         return rope_limit(model, rope_scaling_for(model, rope, "rope"))
 
-    assert limit({"type": "default", "theta": 10000}) == 256
+    assert limit({"type": "default", "theta": 10000}) == 128
     assert limit({"type": "abf", "theta": 1e6}) is None          # ABF: no formula
-    assert limit({"type": "linear", "factor": 4}) == 1024
+    assert limit({"type": "linear", "factor": 4}) == 512
     assert limit({"type": "dynamic", "factor": 2, "original_max_position_embeddings": 256}) is None
     assert limit({"type": "llama3", "factor": 8, "original_max_position_embeddings": 128}) == 1024
 

@@ -15,7 +15,7 @@ from megamid.recipe import plan_recipe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "examples", "tiny_cpu", "recipe.yaml")
-FROM_CKPT = "training.lr.start_lr=from_checkpoint"  # the first phase (pretrain) inherits training.lr
+FROM_CKPT = "training.lr.start_lr=from_checkpoint"  # the first phase (induction) inherits training.lr
 
 
 def write_base(state: dict) -> None:
@@ -26,7 +26,7 @@ def write_base(state: dict) -> None:
 
 def test_a_converted_base_has_no_lr_to_start_from(corpus_dir):
     write_base({"source": "hf", "hf_dir": "/models/llama"})
-    with pytest.raises(ConfigError, match=r"phases\[pretrain\].lr.start_lr='from_checkpoint' is invalid: the base "
+    with pytest.raises(ConfigError, match=r"phases\[induction\].lr.start_lr='from_checkpoint' is invalid: the base "
                                           r"checkpoint 'base' \(hf-import\) holds no LR"):
         plan_recipe(load_recipe(TINY, ["base=base", FROM_CKPT]))
 

@@ -34,10 +34,10 @@ def _errors(capsys, command, *args):
 
 @pytest.mark.parametrize("overrides", [
     # a rope that does not cover the phase's seq_len (plain RoPE at twice its window; YaRN x2 at 4x)
-    ["phases.2.rope.type=default", "phases.2.rope.factor=null", "phases.2.rope.original_max_position_embeddings=null"],
-    ["phases.3.rope.factor=2"],
+    ["phases.3.rope.type=default", "phases.3.rope.factor=null", "phases.3.rope.original_max_position_embeddings=null"],
+    ["phases.4.rope.factor=2"],
     # context parallelism that does not divide the sequence into 2 x CP chunks
-    ["phases.2.seq_len=510", "phases.2.parallel.context_parallel_size=2"],
+    ["phases.3.seq_len=254", "phases.3.parallel.context_parallel_size=2"],
     # the first phase takes its LR from a checkpoint, and there is none
     ["phases.0.lr.start_lr=from_checkpoint"],
 ])
@@ -53,8 +53,8 @@ def test_train_refuses_what_plan_refuses_with_the_same_message(capsys, monkeypat
 
 
 def test_train_plans_at_the_launch_world_size(capsys, monkeypatch, no_training, tmp_path):
-    # global batch 8 / micro 4 does not divide over 4 data-parallel ranks
+    # global batch 32 / micro 16 does not divide over 4 data-parallel ranks
     monkeypatch.setenv("WORLD_SIZE", "4")
     rc = main(["train", TINY, f"checkpoint.dir={tmp_path / 'ckpt'}"])
     err = capsys.readouterr().err
-    assert rc == 2 and "is invalid at world size 4: must be divisible by micro_batch_size x DP = 4 x 4 = 16" in err
+    assert rc == 2 and "is invalid at world size 4: must be divisible by micro_batch_size x DP = 16 x 4 = 64" in err
