@@ -18,10 +18,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 # Passkey and copy documents with answer-only loss masks (`megamid data synthetic --placed`): every document
 # exactly the window it trains in, the task at a random offset, so windows hold whole tasks.
-TASKS = [  # (folder under corpus/, tasks, min length, window, documents)
-    ("tasks", "passkey,copy", 88, 128, 4000),
-    ("tasks256", "passkey", 176, 256, 400),
-    ("tasks512", "passkey", 352, 512, 300),
+# The first also writes code_heldout: Python files of the installed packages (the corpus's code is the
+# stdlib), the held-out text of the in-loop perplexity.
+TASKS = [  # (folder under corpus/, tasks, min length, window, documents, held-out code files)
+    ("tasks", "passkey,copy", 88, 128, 4000, 8),
+    ("tasks256", "passkey", 176, 256, 400, 0),
+    ("tasks512", "passkey", 352, 512, 300, 0),
 ]
 
 
@@ -71,8 +73,8 @@ def eval_report(ckpt: str) -> list:
     lines = ["", "## Long-context evaluation during the run", "",
              f"passkey@N: how often the model ranks the right pass key first among "
              f"{runs[0]['config']['num_candidates']} candidates (chance {chance:.2f}) in an "
-             "N-token prompt, mean over depths; ppl@N: perplexity over the first N tokens of the last documents "
-             "of the long source (the run never reads that far into it).", ""]
+             "N-token prompt, mean over depths; ppl@N: perplexity over the first N tokens of held-out Python files "
+             "(`corpus/tasks/code_heldout`: installed packages; the training code is the standard library).", ""]
     first, last = runs[0], max((r for r in runs if r["phase"] == runs[0]["phase"]), key=lambda r: r["global_step"])
     a, b = _passkey_by_length(first)[0], _passkey_by_length(last)[0]
     if a is not None and b is not None:
@@ -115,11 +117,11 @@ def main() -> int:
     start = time.time()
     if not os.path.isfile(os.path.join(out, "corpus", "corpus.json")):
         megamid("data", "demo-corpus", "corpus", cwd=out)
-    for folder, tasks, lo, window, docs in TASKS:
+    for folder, tasks, lo, window, docs, code in TASKS:
         if not os.path.isfile(os.path.join(out, "corpus", folder, "synthetic.json")):
             megamid("data", "synthetic", f"corpus/{folder}", "--tasks", tasks, "--placed", "--min-length", str(lo),
                     "--max-length", str(window), "--train-docs", str(docs), "--heldout-lengths", "",
-                    "--code-docs", "0", cwd=out)
+                    "--code-docs", str(code), "--code-length", "512", cwd=out)
     if not os.path.isfile(os.path.join(ckpt, "latest")):
         megamid("train", recipe, "--exit-after-steps", str(args.exit_after), *args.overrides, cwd=out)  # stop ...
     megamid("train", recipe, *args.overrides, cwd=out)  # ... and resume to the end

@@ -5,7 +5,7 @@
 Inputs may be saved at any TP/PP/VPP/DP: each is loaded into one TP=1/PP=1 model built from its
 record (megamid.checkpoint.record; dist_checkpointing reshards), so this runs in a single process, which
 must not have set up another parallel state. Inputs must be the same model (shapes) trained with the same
-rope; the error names both checkpoints and values. The mean is kept in fp32, one checkpoint in memory at
+rope and tokenizer; the error names both checkpoints and values. The mean is kept in fp32, one checkpoint in memory at
 a time (a running weighted mean: averaging identical checkpoints returns them bit for bit). The output is
 a model-only megamid checkpoint (`OUT/latest`, `OUT/iter_0000000/` + megamid.json) whose record keeps
 the inputs' model, rope, tokenizer and special ids (provenance: average, sources, weights): a recipe can
@@ -59,6 +59,32 @@ def common_rope(paths: list, records: list, model: ModelConfig) -> dict:
     return dict(records[0]["rope"])
 
 
+def _same_tokenizer_file(a: str, b: str) -> bool:
+    import filecmp
+
+    return os.path.isfile(a) and os.path.isfile(b) and filecmp.cmp(a, b, shallow=False)
+
+
+def common_tokenizer(paths: list, records: list, log=print) -> None:
+    """Refuses checkpoints whose tokenizers provably differ: other special ids, `byte` against a file, or
+    two tokenizer files of different contents (the same vocab size does not make the same tokens). Two
+    names that cannot be compared from here (files not found) are logged and allowed."""
+    first, base = records[0], paths[0]
+    for path, record in zip(paths[1:], records[1:]):
+        if record["special_ids"] != first["special_ids"]:
+            raise ConfigError(f"special_ids={record['special_ids']} in {path!r} differs from "
+                              f"special_ids={first['special_ids']} in {base!r}: only checkpoints with the same "
+                              "tokenizer can be averaged")
+        a, b = first["tokenizer"], record["tokenizer"]
+        if a == b or _same_tokenizer_file(a, b):
+            continue
+        if "byte" in (a, b) or (os.path.isfile(a) and os.path.isfile(b)):
+            raise ConfigError(f"tokenizer={b!r} in {path!r} differs from tokenizer={a!r} in {base!r}: only "
+                              "checkpoints with the same tokenizer can be averaged")
+        log(f"note: tokenizer {b!r} of {path} and {a!r} of {base} are named differently and cannot be compared "
+            "from here (files not found); averaging as the same tokenizer")
+
+
 def _float_state(chunks: list) -> dict:
     import torch
 
@@ -86,6 +112,7 @@ def average_checkpoints(paths: list, out_dir: str, weights=None, log=print) -> s
     records = [load_record(p) for p in paths]
     model = common_model(paths, records)
     rope = common_rope(paths, records, model)
+    common_tokenizer(paths, records, log)
 
     init_model_parallel(Layout())
     set_seed(0)

@@ -96,3 +96,32 @@ def test_bad_weights_are_rejected(weights, count, message):
 
     with pytest.raises(ConfigError, match=message):
         normalised_weights(weights, count)
+
+
+def _record(tokenizer, eos=256):
+    return {"tokenizer": tokenizer, "special_ids": {"bos": None, "eos": eos, "pad": 257}}
+
+
+def test_another_tokenizer_is_refused_naming_both(tmp_path):
+    from megamid.checkpoint.average import common_tokenizer
+
+    sp_a, sp_b, sp_copy = tmp_path / "a.model", tmp_path / "b.model", tmp_path / "copy" / "a.model"
+    sp_a.write_bytes(b"vocab a")
+    sp_b.write_bytes(b"vocab b")
+    sp_copy.parent.mkdir()
+    sp_copy.write_bytes(b"vocab a")
+    notes = []
+    common_tokenizer(["x", "y"], [_record(str(sp_a)), _record(str(sp_copy))], notes.append)  # same file contents
+    common_tokenizer(["x", "y"], [_record("byte"), _record("byte")], notes.append)
+    assert notes == []
+    with pytest.raises(ConfigError, match=r"special_ids=\{'bos': None, 'eos': 2, 'pad': 257\} in 'y' differs from "
+                                          r"special_ids=\{'bos': None, 'eos': 256, 'pad': 257\} in 'x'"):
+        common_tokenizer(["x", "y"], [_record("byte"), _record("byte", eos=2)], notes.append)
+    with pytest.raises(ConfigError, match=f"tokenizer='{sp_b}' in 'y' differs from tokenizer='{sp_a}' in 'x': only "
+                                          "checkpoints with the same tokenizer can be averaged"):
+        common_tokenizer(["x", "y"], [_record(str(sp_a)), _record(str(sp_b))], notes.append)
+    with pytest.raises(ConfigError, match="tokenizer='byte' in 'y' differs"):
+        common_tokenizer(["x", "y"], [_record("gone/sp.model"), _record("byte")], notes.append)
+    # names that cannot be compared from here: allowed, and said
+    common_tokenizer(["x", "y"], [_record("gone/a.model"), _record("elsewhere/a.model")], notes.append)
+    assert len(notes) == 1 and "cannot be compared from here" in notes[0]

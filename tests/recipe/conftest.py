@@ -4,6 +4,7 @@ import pytest
 
 CORPUS = ("pretrain", "code", "prose", "math", "long")
 TASKS = ("tasks/copy_train", "tasks/passkey_train", "tasks256/passkey_train", "tasks512/passkey_train")
+HELD_OUT = "tasks/code_heldout"   # the in-loop perplexity's documents
 
 
 @pytest.fixture
@@ -18,5 +19,7 @@ def corpus_dir(tmp_path, monkeypatch):
         (tmp_path / "corpus" / name).parent.mkdir(exist_ok=True)
         for ext in (".bin", ".idx", ".lossmask.bin", ".lossmask.idx"):
             (tmp_path / "corpus" / f"{name}{ext}").write_bytes(b"")
+    for ext in (".bin", ".idx"):
+        (tmp_path / "corpus" / f"{HELD_OUT}{ext}").write_bytes(b"")
     monkeypatch.chdir(tmp_path)
     return tmp_path
