@@ -21,6 +21,8 @@ def add_arguments(parser) -> None:
     p.add_argument("--quality-key", default=None, help="JSONL score field for the quality filter")
     p.add_argument("--min-quality", type=float, default=None, help="keep documents with score >= this")
     p.add_argument("--no-dedup", action="store_true", help="keep exact duplicates")
+    p.add_argument("--prompt-key", default=None, help="JSONL field of a prompt put before --text-key's answer; "
+                   "writes OUTPUT.lossmask.bin/.idx scoring the answers only (a source's loss_mask: true)")
 
     t = sub.add_parser("train-tokenizer", help="train a sentencepiece tokenizer on local text")
     t.add_argument("--input", nargs="+", required=True, help="text or JSONL files")
@@ -63,9 +65,11 @@ def run(args) -> int:
         if (args.quality_key is None) != (args.min_quality is None):
             raise CommandError("--quality-key and --min-quality go together")
         stats = prepare(args.input, args.tokenizer, args.output, workers=args.workers, text_key=args.text_key,
-                        quality_key=args.quality_key, min_quality=args.min_quality, dedup=not args.no_dedup)
+                        quality_key=args.quality_key, min_quality=args.min_quality, dedup=not args.no_dedup,
+                        prompt_key=args.prompt_key)
         total = stats["total"]
-        print(f"{args.output}: {total['documents']} documents, {total['tokens']} tokens, "
+        scored = f", {total['scored_tokens']} scored (mask {args.output}.lossmask)" if "scored_tokens" in total else ""
+        print(f"{args.output}: {total['documents']} documents, {total['tokens']} tokens{scored}, "
               f"dropped {total['dropped'] or 'none'}; stats in {args.output}.stats.json")
     elif args.action == "train-tokenizer":
         from megamid.data.tokenizer_files import train_tokenizer

@@ -56,11 +56,15 @@ def _lines(f, path: str):
         raise DataError(f"input {path!r} cannot be read as gzip: {exc}") from None
 
 
-def iter_documents(path: str, text_key: str = "text", quality_key=None, min_quality=None):
-    """Yield (text or None, reason) per document of one file; reason is None for a kept document."""
+def iter_documents(path: str, text_key: str = "text", quality_key=None, min_quality=None, prompt_key=None):
+    """Yield (text or None, reason) per document of one file; reason is None for a kept document.
+    prompt_key: JSONL only; each kept document is then a (prompt, text) pair of strings."""
     check_input(path)
     name = path[:-3] if path.endswith(".gz") else path
     if not name.endswith(".jsonl"):
+        if prompt_key is not None:
+            raise DataError(f"input {path!r} is invalid with prompt_key={prompt_key!r}: a prompt/answer split "
+                            "needs JSONL inputs (.jsonl or .jsonl.gz), one object per line with both fields")
         with _open_binary(path) as f:
             yield _decode(path, _read(f, path), 0), None
         return
@@ -74,13 +78,14 @@ def iter_documents(path: str, text_key: str = "text", quality_key=None, min_qual
             except json.JSONDecodeError as exc:
                 raise DataError(f"input {path!r} line {line_no}: not valid JSON ({exc}); "
                                 "expected one JSON object per line") from None
-            text = record.get(text_key) if isinstance(record, dict) else None
-            if not isinstance(text, str):
-                raise DataError(f"input {path!r} line {line_no}: no string field {text_key!r}; "
-                                f"fields present: {sorted(record) if isinstance(record, dict) else type(record).__name__}")
+            for key in (text_key,) if prompt_key is None else (prompt_key, text_key):
+                if not isinstance(record.get(key) if isinstance(record, dict) else None, str):
+                    raise DataError(f"input {path!r} line {line_no}: no string field {key!r}; fields present: "
+                                    f"{sorted(record) if isinstance(record, dict) else type(record).__name__}")
+            text = record[text_key]
             if quality_key is not None:
                 score = record.get(quality_key)
                 if not isinstance(score, (int, float)) or isinstance(score, bool) or score < min_quality:
                     yield None, "quality"
                     continue
-            yield text, None
+            yield (text if prompt_key is None else (record[prompt_key], text)), None

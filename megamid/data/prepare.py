@@ -6,6 +6,10 @@ Run through the CLI: `megamid data prepare --input a.jsonl b.txt --tokenizer byt
   one document as a whole. Inputs must be UTF-8 (megamid.data.documents: a file that is not is refused
   naming the byte offset of the first invalid byte).
 - Optional quality filter: keep JSONL documents whose `quality_key` field is >= `min_quality`.
+- Optional prompt/answer split (`prompt_key`, JSONL only): a document is the `prompt_key` field followed by
+  the `text_key` field, each tokenized on its own and joined as ids; PREFIX.lossmask.bin/.idx (uint8, one
+  per token) marks the answer and its EOD with 1 and the prompt with 0, so a source with `loss_mask: true`
+  trains on the answers only. Deduplication then hashes the pair.
 - Exact deduplication by a 128-bit BLAKE2 hash of the text, across all inputs (first copy kept).
 - Tokenisation runs in worker processes over chunks of documents; results come back in order, so
   the output is byte-identical for any number of workers. Every document gets EOD appended and is
@@ -21,6 +25,7 @@ import os
 
 import numpy as np
 
+from megamid.config.data import LOSS_MASK_SUFFIX
 from megamid.data import DataError
 from megamid.data.documents import check_input, iter_documents
 from megamid.data.tokenizer_files import load_tokenizer
@@ -42,19 +47,29 @@ def _init_worker(spec: str) -> None:
     _worker_tokenizer = load_tokenizer(spec)
 
 
-def _tokenize_chunk(texts):
-    return [np.asarray(_worker_tokenizer.encode(t), dtype=np.int64) for t in texts]
+def _encode(tok, doc):
+    """(ids, prompt tokens) of a document: a text, or a (prompt, answer) pair tokenized part by part."""
+    if isinstance(doc, str):
+        return np.asarray(tok.encode(doc), dtype=np.int64), 0
+    prompt, answer = (tok.encode(part) for part in doc)
+    return np.asarray(list(prompt) + list(answer), dtype=np.int64), len(prompt)
 
 
-def _chunks(inputs, text_key, quality_key, min_quality, stats, seen):
-    """Kept documents as (input index, text) chunks; updates drop counters in `stats` on the way."""
+def _tokenize_chunk(docs):
+    return [_encode(_worker_tokenizer, d) for d in docs]
+
+
+def _chunks(inputs, text_key, quality_key, min_quality, stats, seen, prompt_key=None):
+    """Kept documents as (input index, text or (prompt, answer)) chunks; updates drop counters in `stats`."""
     chunk = []
     for k, path in enumerate(inputs):
-        for text, reason in iter_documents(path, text_key, quality_key, min_quality):
-            if reason is None and not text.strip():
+        for text, reason in iter_documents(path, text_key, quality_key, min_quality, prompt_key):
+            answer = text[1] if isinstance(text, tuple) else text
+            if reason is None and not answer.strip():
                 reason = "empty"
             if reason is None:
-                digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+                key = text if isinstance(text, str) else json.dumps(list(text))
+                digest = hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest()
                 reason = "duplicate" if digest in seen else None
                 seen.add(digest)
             if reason is not None:
@@ -69,8 +84,9 @@ def _chunks(inputs, text_key, quality_key, min_quality, stats, seen):
 
 
 def prepare(inputs, tokenizer: str, output_prefix: str, workers: int = 1, text_key: str = "text",
-            quality_key=None, min_quality=None, dedup: bool = True) -> dict:
-    """Tokenize `inputs` into output_prefix.bin/.idx; returns (and writes) the stats dict."""
+            quality_key=None, min_quality=None, dedup: bool = True, prompt_key=None) -> dict:
+    """Tokenize `inputs` into output_prefix.bin/.idx (with prompt_key also output_prefix.lossmask.bin/.idx);
+    returns (and writes) the stats dict."""
     if not inputs:
         raise DataError("prepare: no --input files given; valid: text, .jsonl or .jsonl.gz files")
     for path in inputs:
@@ -83,36 +99,51 @@ def prepare(inputs, tokenizer: str, output_prefix: str, workers: int = 1, text_k
     os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
     dtype = DType.optimal_dtype(tok.vocab_size)
     # Written under .partial names and renamed at the end: a failed prepare leaves an existing pair intact.
-    partial = {ext: f"{output_prefix}{ext}.partial" for ext in (".bin", ".idx")}
-    builder = IndexedDatasetBuilder(partial[".bin"], dtype=dtype)
+    names = [output_prefix + ext for ext in (".bin", ".idx")]
+    if prompt_key is not None:
+        names += [output_prefix + LOSS_MASK_SUFFIX + ext for ext in (".bin", ".idx")]
+    partial = {name: name + ".partial" for name in names}
+    builder = IndexedDatasetBuilder(partial[names[0]], dtype=dtype)
+    masks = IndexedDatasetBuilder(partial[names[2]], dtype=np.uint8) if prompt_key is not None else None
     try:
-        out = _tokenize(builder, inputs, tok, tokenizer, output_prefix, partial[".idx"], workers, text_key,
-                        quality_key, min_quality, dedup, str(np.dtype(dtype)))
+        out = _tokenize(builder, inputs, tok, tokenizer, output_prefix, partial[names[1]], workers, text_key,
+                        quality_key, min_quality, dedup, str(np.dtype(dtype)), prompt_key, masks,
+                        partial.get(names[-1]))
     except BaseException:
-        builder.data_file.close()
+        for b in (builder, masks):
+            if b is not None:
+                b.data_file.close()
         for path in partial.values():
             if os.path.exists(path):
                 os.remove(path)
         raise
-    for ext, path in partial.items():
-        os.replace(path, output_prefix + ext)
+    for name, path in partial.items():
+        os.replace(path, name)
     with open(stats_path(output_prefix), "w") as f:
         json.dump(out, f, indent=1)
     return out
 
 
 def _tokenize(builder, inputs, tok, tokenizer, output_prefix, idx_path, workers, text_key, quality_key,
-              min_quality, dedup, dtype) -> dict:
+              min_quality, dedup, dtype, prompt_key=None, masks=None, mask_idx_path=None) -> dict:
     stats = [{"documents": 0, "tokens": 0, "dropped": {}, "length_histogram": {}, "max_token_id": -1}
              for _ in inputs]
+    if masks is not None:
+        for s in stats:
+            s["scored_tokens"] = 0
     seen = set() if dedup else _NeverSeen()
-    chunks = _chunks(list(inputs), text_key, quality_key, min_quality, stats, seen)
+    chunks = _chunks(list(inputs), text_key, quality_key, min_quality, stats, seen, prompt_key)
 
     def write(chunk, token_lists):
-        for (k, _), ids in zip(chunk, token_lists):
+        for (k, _), (ids, n_prompt) in zip(chunk, token_lists):
             doc = np.append(ids, tok.eod)
             builder.add_document(doc, [len(doc)])
             s = stats[k]
+            if masks is not None:
+                mask = np.ones(len(doc), dtype=np.uint8)
+                mask[:n_prompt] = 0
+                masks.add_document(mask, [len(doc)])
+                s["scored_tokens"] += len(doc) - n_prompt
             s["documents"] += 1
             s["tokens"] += len(doc)
             s["max_token_id"] = max(s["max_token_id"], int(doc.max()))
@@ -121,7 +152,7 @@ def _tokenize(builder, inputs, tok, tokenizer, output_prefix, idx_path, workers,
 
     if workers <= 1:
         for chunk in chunks:
-            write(chunk, [np.asarray(tok.encode(t), dtype=np.int64) for _, t in chunk])
+            write(chunk, [_encode(tok, t) for _, t in chunk])
     else:
         with multiprocessing.get_context("fork").Pool(workers, _init_worker, (tokenizer,)) as pool:
             pending = []  # keep the chunk beside its result: imap preserves order
@@ -129,6 +160,8 @@ def _tokenize(builder, inputs, tok, tokenizer, output_prefix, idx_path, workers,
             for token_lists in pool.imap(_tokenize_chunk, feed):
                 write(pending.pop(0), token_lists)
     builder.finalize(idx_path)
+    if masks is not None:
+        masks.finalize(mask_idx_path)
     return _summary(inputs, tok, tokenizer, output_prefix, stats, dtype)
 
 
@@ -147,6 +180,8 @@ def _remember(chunks, pending):
 
 def _summary(inputs, tok, tokenizer, output_prefix, stats, dtype) -> dict:
     total = {"documents": 0, "tokens": 0, "dropped": {}, "length_histogram": {}, "max_token_id": -1}
+    if stats and "scored_tokens" in stats[0]:
+        total["scored_tokens"] = sum(s["scored_tokens"] for s in stats)
     for s in stats:
         total["documents"] += s["documents"]
         total["tokens"] += s["tokens"]
