@@ -170,8 +170,8 @@ def check_files(recipe: RecipeConfig, phases: list, problems: list, hints: list)
                 problems.append(f"{names[0]}.prefix={prefix!r}{also} is invalid: {' and '.join(missing)} not found")
             else:
                 problems.append(f"{names[0]}.loss_mask=true{also} is invalid: its mask {' and '.join(missing)} "
-                                "not found (write masks with `megamid data synthetic`, or set loss_mask: false "
-                                "to score every token)")
+                                "not found (write masks with `megamid data prepare --prompt-key` or `megamid data "
+                                "synthetic`, or set loss_mask: false to score every token)")
     if missing_any:
         hints.append(f"relative data prefixes are read from the working directory {os.getcwd()}; "
                      "build indexed datasets with `megamid data prepare`")
