@@ -5,8 +5,8 @@
 Inputs may be saved at any TP/PP/VPP/DP: each is loaded into one TP=1/PP=1 model built from its
 record (megamid.checkpoint.record; dist_checkpointing reshards), so this runs in a single process, which
 must not have set up another parallel state. Inputs must be the same model (shapes) trained with the same
-rope and tokenizer; the error names both checkpoints and values. The mean is kept in fp32, one checkpoint in memory at
-a time (a running weighted mean: averaging identical checkpoints returns them bit for bit). The output is
+rope and tokenizer; the error names both checkpoints and values. The mean is kept in fp32, one checkpoint
+in memory at a time (a running weighted mean: averaging identical checkpoints returns them bit for bit). The output is
 a model-only megamid checkpoint (`OUT/latest`, `OUT/iter_0000000/` + megamid.json) whose record keeps
 the inputs' model, rope, tokenizer and special ids (provenance: average, sources, weights): a recipe can
 name it as `base`, `megamid eval` and the exporter read it like any checkpoint.

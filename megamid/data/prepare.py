@@ -104,13 +104,13 @@ def prepare(inputs, tokenizer: str, output_prefix: str, workers: int = 1, text_k
         names += [output_prefix + LOSS_MASK_SUFFIX + ext for ext in (".bin", ".idx")]
     partial = {name: name + ".partial" for name in names}
     builder = IndexedDatasetBuilder(partial[names[0]], dtype=dtype)
-    masks = IndexedDatasetBuilder(partial[names[2]], dtype=np.uint8) if prompt_key is not None else None
+    # the mask's (builder, .idx path), with prompt_key
+    mask = (IndexedDatasetBuilder(partial[names[2]], dtype=np.uint8), partial[names[3]]) if prompt_key else None
     try:
         out = _tokenize(builder, inputs, tok, tokenizer, output_prefix, partial[names[1]], workers, text_key,
-                        quality_key, min_quality, dedup, str(np.dtype(dtype)), prompt_key, masks,
-                        partial.get(names[-1]))
+                        quality_key, min_quality, dedup, str(np.dtype(dtype)), prompt_key, mask)
     except BaseException:
-        for b in (builder, masks):
+        for b in (builder, mask[0] if mask else None):
             if b is not None:
                 b.data_file.close()
         for path in partial.values():
@@ -125,10 +125,10 @@ def prepare(inputs, tokenizer: str, output_prefix: str, workers: int = 1, text_k
 
 
 def _tokenize(builder, inputs, tok, tokenizer, output_prefix, idx_path, workers, text_key, quality_key,
-              min_quality, dedup, dtype, prompt_key=None, masks=None, mask_idx_path=None) -> dict:
+              min_quality, dedup, dtype, prompt_key=None, mask=None) -> dict:
     stats = [{"documents": 0, "tokens": 0, "dropped": {}, "length_histogram": {}, "max_token_id": -1}
              for _ in inputs]
-    if masks is not None:
+    if mask is not None:
         for s in stats:
             s["scored_tokens"] = 0
     seen = set() if dedup else _NeverSeen()
@@ -139,10 +139,10 @@ def _tokenize(builder, inputs, tok, tokenizer, output_prefix, idx_path, workers,
             doc = np.append(ids, tok.eod)
             builder.add_document(doc, [len(doc)])
             s = stats[k]
-            if masks is not None:
-                mask = np.ones(len(doc), dtype=np.uint8)
-                mask[:n_prompt] = 0
-                masks.add_document(mask, [len(doc)])
+            if mask is not None:
+                scored = np.ones(len(doc), dtype=np.uint8)
+                scored[:n_prompt] = 0
+                mask[0].add_document(scored, [len(doc)])
                 s["scored_tokens"] += len(doc) - n_prompt
             s["documents"] += 1
             s["tokens"] += len(doc)
@@ -160,8 +160,8 @@ def _tokenize(builder, inputs, tok, tokenizer, output_prefix, idx_path, workers,
             for token_lists in pool.imap(_tokenize_chunk, feed):
                 write(pending.pop(0), token_lists)
     builder.finalize(idx_path)
-    if masks is not None:
-        masks.finalize(mask_idx_path)
+    if mask is not None:
+        mask[0].finalize(mask[1])
     return _summary(inputs, tok, tokenizer, output_prefix, stats, dtype)
 
 

@@ -65,7 +65,8 @@ class TokenStream:
                          min(len(lengths), len(self.lengths)))
             raise DataError(f"source {self.name!r}: the loss mask {mask_prefix}.bin/.idx does not match {self.prefix}: "
                             f"{len(lengths)} documents vs {len(self.lengths)}, first difference at document {first}; "
-                            "write the tokens and the mask together (`megamid data synthetic`)")
+                            "write the tokens and the mask together (`megamid data prepare --prompt-key`, "
+                            "`megamid data synthetic`)")
         values = np.memmap(mask_prefix + ".bin", dtype=mask.index.dtype, mode="r")
         if mask.index.dtype != np.uint8 or values.max() > 1:
             raise DataError(f"source {self.name!r}: the loss mask {mask_prefix}.bin must hold uint8 0/1 values, "
